@@ -1,0 +1,184 @@
+"""Checkpoints and tickets: atomic writes, safe loads, compact sparse storage.
+
+A *ticket* is one trained ensemble member, self-describing: it carries the model name, class
+count, input shape, dataset and normalisation, the run's flags, its validation metrics and its
+masks. Sparse weights are stored as their active values plus a packed bit mask, so a ticket at
+density d takes about (d + 1/32) of the dense float32 size.
+
+Everything is saved as plain containers of tensors and primitives, so every load uses
+``torch.load(..., weights_only=True)`` and a file that would run code is refused.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from .errors import UsageError
+
+TICKET_FORMAT = "freetickets-ticket"
+TICKET_VERSION = 1
+RESUME_FORMAT = "freetickets-resume"
+
+_BIT_WEIGHTS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
+
+
+# --------------------------------------------------------------------------- bit packing
+def pack_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Bool tensor -> uint8 tensor of ceil(numel / 8) bytes (big-endian bit order, as numpy.packbits)."""
+    flat = mask.detach().flatten().to(torch.uint8).cpu()
+    pad = (-flat.numel()) % 8
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    return (flat.view(-1, 8) * _BIT_WEIGHTS).sum(dim=1, dtype=torch.uint8)
+
+
+def unpack_mask(packed: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Inverse of pack_mask."""
+    numel = 1
+    for s in shape:
+        numel *= int(s)
+    bits = packed.cpu().unsqueeze(1).bitwise_and(_BIT_WEIGHTS).ne(0).flatten()
+    return bits[:numel].view(*shape)
+
+
+# --------------------------------------------------------------------------- atomic I/O
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save to a temporary file in the same folder, fsync, then rename over `path`.
+
+    A crash at any moment leaves either the old file or the new one, never a partial file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> None:
+    """Write a text file (JSON, CSV) atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """torch.load with weights_only=True; any unreadable or unsafe file becomes a UsageError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"checkpoint {path} does not exist; check the path")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UsageError(f"{path} was refused: it is not a plain-tensor checkpoint and loading it could run "
+                         f"code ({str(err).splitlines()[0][:120]}); use a checkpoint written by these scripts") from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, KeyError) as err:
+        msg = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        raise UsageError(f"{path} is not a readable checkpoint ({msg}); it may be truncated or not a "
+                         f"PyTorch file - use a complete checkpoint written by these scripts") from None
+
+
+# --------------------------------------------------------------------------- tickets
+def build_ticket(model: torch.nn.Module, masks: Mapping[str, torch.Tensor] | None, meta: Mapping[str, Any]) -> dict:
+    """A ticket dict for `model`; `masks` maps parameter names to bool masks (None: dense)."""
+    masks = dict(masks or {})
+    dense_state, sparse_state = {}, {}
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu()
+        if name in masks:
+            mask = masks[name].detach().cpu().bool()
+            sparse_state[name] = {
+                "shape": list(tensor.shape),
+                "values": tensor[mask].clone(),
+                "mask_bits": pack_mask(mask),
+            }
+        else:
+            dense_state[name] = tensor.clone()
+    ticket = {"format": TICKET_FORMAT, "version": TICKET_VERSION}
+    ticket.update(meta)
+    ticket["dense_state"] = dense_state
+    ticket["sparse_state"] = sparse_state
+    return ticket
+
+
+def ticket_masks(ticket: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The bool masks stored in a ticket (empty for a dense ticket)."""
+    return {n: unpack_mask(e["mask_bits"], tuple(e["shape"])) for n, e in ticket["sparse_state"].items()}
+
+
+def ticket_state_dict(ticket: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The full dense state_dict of a ticket (inactive weights are exact zeros)."""
+    state = dict(ticket["dense_state"])
+    for name, entry in ticket["sparse_state"].items():
+        mask = unpack_mask(entry["mask_bits"], tuple(entry["shape"]))
+        full = torch.zeros(mask.shape, dtype=entry["values"].dtype)
+        full[mask] = entry["values"]
+        state[name] = full
+    return state
+
+
+def is_ticket(obj: Any) -> bool:
+    return isinstance(obj, dict) and obj.get("format") == TICKET_FORMAT
+
+
+def load_ticket(path: str | os.PathLike) -> dict:
+    """Load and validate a ticket file."""
+    obj = safe_load(path)
+    if not is_ticket(obj):
+        raise UsageError(f"{path} is not a FreeTickets ticket (no '{TICKET_FORMAT}' header); "
+                         f"point --resume at a folder of tickets written by the training scripts")
+    if obj.get("version", 0) > TICKET_VERSION:
+        raise UsageError(f"{path} has ticket format version {obj['version']}, newer than this code "
+                         f"({TICKET_VERSION}); update the code")
+    for key in ("model", "num_classes", "in_channels", "image_size", "dense_state", "sparse_state"):
+        if key not in obj:
+            raise UsageError(f"{path} is a damaged ticket (missing '{key}'); retrain or restore it")
+    return obj
+
+
+def ticket_model(ticket: Mapping[str, Any], device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Build the ticket's model from the registry and load its weights strictly."""
+    from models import get_model  # local import: models depends on nothing here
+
+    model = get_model(ticket["model"], num_classes=ticket["num_classes"],
+                      in_channels=ticket["in_channels"], image_size=ticket["image_size"])
+    try:
+        model.load_state_dict(ticket_state_dict(ticket), strict=True)
+    except RuntimeError as err:
+        raise UsageError(f"ticket for {ticket['model']} does not match the model's parameters "
+                         f"({str(err).splitlines()[0][:120]}); it was written by different code") from None
+    return model.to(device).eval()

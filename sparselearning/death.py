@@ -1,0 +1,71 @@
+"""Death (pruning) rules: which active weights a topology update removes.
+
+Each rule maps (weights, mask, count) to a new bool mask with exactly `n_remove` fewer active
+entries (the threshold rule removes however many fall under its threshold). Ties are broken by
+torch.topk, deterministically for a given input.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import torch
+
+
+def num_to_remove(n_active: int, rate: float) -> int:
+    """ceil(rate * n_active), as the paper's code removes (never more than are active)."""
+    return min(n_active, math.ceil(rate * n_active))
+
+
+def _remove_lowest(score: torch.Tensor, mask: torch.Tensor, n_remove: int) -> torch.Tensor:
+    """Drop the n_remove active entries with the lowest score."""
+    new_mask = mask.clone()
+    if n_remove <= 0:
+        return new_mask
+    flat = score.flatten().masked_fill(~mask.flatten(), float("inf"))
+    drop = torch.topk(flat, n_remove, largest=False, sorted=False).indices
+    new_mask.view(-1)[drop] = False
+    return new_mask
+
+
+def magnitude_death(weight: torch.Tensor, mask: torch.Tensor, n_remove: int) -> torch.Tensor:
+    """Remove the n_remove active weights of smallest magnitude (layer-wise)."""
+    return _remove_lowest(weight.detach().abs(), mask, n_remove)
+
+
+def set_death(weight: torch.Tensor, mask: torch.Tensor, n_remove: int) -> torch.Tensor:
+    """SET: remove the smallest positive and the largest negative weights.
+
+    The removal is split between the positive (w >= 0) and negative active weights in
+    proportion to their counts, so each sign loses the same fraction.
+    """
+    w = weight.detach()
+    positive = mask & (w >= 0)
+    negative = mask & (w < 0)
+    n_pos, n_active = int(positive.sum()), int(mask.sum())
+    k_pos = min(n_pos, round(n_remove * n_pos / max(n_active, 1)))
+    k_neg = n_remove - k_pos
+    new_mask = _remove_lowest(w, positive, k_pos) | _remove_lowest(-w, negative, k_neg)
+    return new_mask
+
+
+def threshold_death(weight: torch.Tensor, mask: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Remove every active weight with |w| below threshold (the count varies)."""
+    return mask & (weight.detach().abs() >= threshold)
+
+
+def global_magnitude_death(weights: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor],
+                           n_remove: int) -> dict[str, torch.Tensor]:
+    """Remove the n_remove smallest-magnitude active weights across all layers together."""
+    names = list(weights)
+    flat = torch.cat([weights[n].detach().abs().flatten().float()
+                      .masked_fill(~masks[n].flatten(), float("inf")).cpu() for n in names])
+    keep = torch.ones(flat.numel(), dtype=torch.bool)
+    if n_remove > 0:
+        keep[torch.topk(flat, n_remove, largest=False, sorted=False).indices] = False
+    out, offset = {}, 0
+    for n in names:
+        m = masks[n]
+        out[n] = m & keep[offset:offset + m.numel()].view_as(m).to(m.device)
+        offset += m.numel()
+    return out

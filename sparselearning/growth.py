@@ -1,0 +1,40 @@
+"""Growth (regrowth) rules: which inactive positions a topology update switches on.
+
+Each rule maps (mask, score source, count) to a new bool mask with exactly `n_grow` more active
+entries, chosen among the currently inactive positions. Grown weights start at zero; the caller
+zeroes them and their optimizer state.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def _grow_highest(score: torch.Tensor, mask: torch.Tensor, n_grow: int) -> torch.Tensor:
+    new_mask = mask.clone()
+    n_grow = min(n_grow, int((~mask).sum()))
+    if n_grow <= 0:
+        return new_mask
+    flat = score.flatten().float().masked_fill(mask.flatten(), float("-inf"))
+    grow = torch.topk(flat, n_grow, largest=True, sorted=False).indices
+    new_mask.view(-1)[grow] = True
+    return new_mask
+
+
+def gradient_growth(mask: torch.Tensor, grad: torch.Tensor, n_grow: int) -> torch.Tensor:
+    """RigL: grow where the current mini-batch gradient is largest in magnitude."""
+    return _grow_highest(grad.detach().abs(), mask, n_grow)
+
+
+def momentum_growth(mask: torch.Tensor, momentum: torch.Tensor, n_grow: int) -> torch.Tensor:
+    """Sparse momentum: grow where the (dense) gradient momentum is largest in magnitude."""
+    return _grow_highest(momentum.detach().abs(), mask, n_grow)
+
+
+def random_growth(mask: torch.Tensor, n_grow: int, generator: torch.Generator) -> torch.Tensor:
+    """SET: grow exactly n_grow uniformly random inactive positions.
+
+    The random scores come from a CPU generator so that every rank and device makes the same
+    choice for the same generator state.
+    """
+    score = torch.rand(mask.numel(), generator=generator).to(mask.device)
+    return _grow_highest(score, mask, n_grow)

@@ -1,0 +1,347 @@
+"""Masking: turns a PyTorch model into a dynamically sparse one.
+
+The familiar shape of the paper's code is kept (``Masking(optimizer, ...)``,
+``add_module(model, density, sparse_init)``, ``step()``, ``truncate_weights(rate)``), but every
+algorithm lives in a small pure function (density.py, death.py, growth.py, redistribution.py,
+schedules.py) and this class only composes them and keeps the state.
+
+Semantics, chosen on purpose (see the README's "Decisions"):
+- Gradients are computed dense. ``step()`` zeroes them at inactive positions before the optimizer
+  step, so weights, momentum and Adam moments stay exactly zero there (weight decay cannot
+  revive a pruned weight). On a topology-update step the dense gradient is kept for growth.
+- A topology update removes weights (death), then regrows the same number (growth) unless a
+  redistribution moves budget between layers. Grown weights start at zero with zero optimizer
+  state, and so do pruned-then-regrown ones.
+- Layers allocated fully dense (ERK promotes some) are never pruned or regrown.
+"""
+from __future__ import annotations
+
+import fnmatch
+import math
+from typing import Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from . import death, density as density_lib, growth, redistribution
+from .schedules import DEATH_SCHEDULES, death_rate as scheduled_death_rate
+
+DEATH_MODES = ("magnitude", "SET", "threshold", "global_magnitude")
+GROWTH_MODES = ("gradient", "random", "momentum")
+REDISTRIBUTION_MODES = ("none", "magnitude", "momentum")
+SPARSE_INITS = ("ERK", "ER", "uniform", "pruning", "resume")
+
+
+class InvariantError(RuntimeError):
+    """A sparse-training invariant was violated (names the layer)."""
+
+
+def _check_choice(value: str, choices: Sequence[str], what: str) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
+
+
+class Masking:
+    def __init__(self, optimizer: torch.optim.Optimizer, death_rate: float = 0.5,
+                 death_mode: str = "magnitude", growth_mode: str = "gradient",
+                 redistribution_mode: str = "none", death_rate_schedule: str = "constant",
+                 total_steps: int = 0, final_death_rate: float = 0.005,
+                 update_frequency: int | None = 1000, threshold: float = 1e-3,
+                 momentum_beta: float = 0.9, seed: int = 0, check_invariants: bool = True,
+                 layer_types: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear),
+                 include: Sequence[str] | None = None, exclude: Sequence[str] = ()):
+        _check_choice(death_mode, DEATH_MODES, "death mode")
+        _check_choice(growth_mode, GROWTH_MODES, "growth mode")
+        _check_choice(redistribution_mode, REDISTRIBUTION_MODES, "redistribution mode")
+        _check_choice(death_rate_schedule, DEATH_SCHEDULES, "death-rate schedule")
+        if not 0.0 <= death_rate < 1.0:
+            raise ValueError(f"death rate must be in [0, 1), got {death_rate}")
+        if update_frequency is not None and update_frequency < 1:
+            raise ValueError("update_frequency must be a positive number of steps (or None for a fixed mask)")
+        self.optimizer = optimizer
+        self.base_death_rate = death_rate
+        self.death_mode = death_mode
+        self.growth_mode = growth_mode
+        self.redistribution_mode = redistribution_mode
+        self.death_rate_schedule = death_rate_schedule
+        self.total_steps = total_steps
+        self.final_death_rate = final_death_rate
+        self.update_frequency = update_frequency
+        self.threshold = threshold
+        self.momentum_beta = momentum_beta
+        self.check_invariants_after_update = check_invariants
+        self.layer_types = layer_types
+        self.include = list(include) if include else None
+        self.exclude = list(exclude)
+
+        self.generator = torch.Generator().manual_seed(seed)
+        self.params: dict[str, nn.Parameter] = {}
+        self.masks: dict[str, torch.Tensor] = {}
+        self.explored: dict[str, torch.Tensor] = {}
+        self.densities: dict[str, float] = {}
+        self.budgets: dict[str, int] = {}
+        self.grad_momentum: dict[str, torch.Tensor] = {}
+        self.steps = 0
+        self.num_updates = 0
+        self.last_update: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ setup
+    def select_parameters(self, model: nn.Module) -> dict[str, nn.Parameter]:
+        """The weights to sparsify: Conv/Linear weights by default, then include/exclude patterns."""
+        chosen = {f"{mod_name}.weight" if mod_name else "weight": mod.weight
+                  for mod_name, mod in model.named_modules()
+                  if isinstance(mod, self.layer_types) and getattr(mod, "weight", None) is not None}
+        if self.include is not None:
+            all_params = dict(model.named_parameters())
+            for pattern in self.include:
+                hits = [n for n in all_params if fnmatch.fnmatchcase(n, pattern)]
+                if not hits:
+                    raise ValueError(f"include pattern {pattern!r} matches no parameter")
+            chosen = {n: p for n, p in all_params.items()
+                      if any(fnmatch.fnmatchcase(n, pat) for pat in self.include) and p.dim() > 1}
+        for pattern in self.exclude:
+            hits = [n for n in chosen if fnmatch.fnmatchcase(n, pattern)]
+            if not hits:
+                raise ValueError(f"exclude pattern {pattern!r} matches no sparse parameter")
+            for n in hits:
+                del chosen[n]
+        if not chosen:
+            raise ValueError("no parameter selected for sparsification")
+        return chosen
+
+    def add_module(self, model: nn.Module, density: float = 0.2, sparse_init: str = "ERK",
+                   erk_power_scale: float = 1.0, pf_rate: float | None = None,
+                   masks: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Choose the sparse weights, allocate per-layer densities and draw the initial masks.
+
+        sparse_init: ERK / ER / uniform (random masks with exact per-layer counts), pruning
+        (global magnitude pruning keeping 1 - pf_rate, for PF ensembles), resume (mask = w != 0).
+        `masks` restores saved masks exactly and overrides sparse_init.
+        """
+        _check_choice(sparse_init, SPARSE_INITS, "sparse init")
+        self.params = self.select_parameters(model)
+        weights = {n: p.detach() for n, p in self.params.items()}
+        if masks is not None:
+            missing = set(self.params) - set(masks)
+            if missing:
+                raise ValueError(f"saved masks lack layers: {', '.join(sorted(missing))}")
+            self.masks = {n: masks[n].to(device=p.device, dtype=torch.bool) for n, p in self.params.items()}
+        elif sparse_init == "pruning":
+            if pf_rate is None or not 0.0 <= pf_rate < 1.0:
+                raise ValueError("pruning init needs pf_rate in [0, 1)")
+            self.masks = density_lib.global_magnitude_masks(weights, 1.0 - pf_rate)
+        elif sparse_init == "resume":
+            self.masks = {n: w != 0 for n, w in weights.items()}
+        else:
+            shapes = {n: tuple(p.shape) for n, p in self.params.items()}
+            alloc = density_lib.allocate_densities(sparse_init, shapes, density, erk_power_scale)
+            self.masks = {n: density_lib.random_mask(shapes[n], density_lib.count_for_density(p.numel(), alloc[n]),
+                                                     self.generator, p.device)
+                          for n, p in self.params.items()}
+        self.densities = {n: float(m.float().mean()) for n, m in self.masks.items()}
+        self.budgets = {n: int(m.sum()) for n, m in self.masks.items()}
+        self.explored = {n: m.clone() for n, m in self.masks.items()}
+        if self._needs_momentum:
+            self.grad_momentum = {n: torch.zeros_like(p) for n, p in self.params.items()}
+        self.apply_mask()
+
+    @property
+    def _needs_momentum(self) -> bool:
+        return self.growth_mode == "momentum" or self.redistribution_mode == "momentum"
+
+    @property
+    def updatable(self) -> list[str]:
+        """Layers that topology updates touch: not fully dense."""
+        return [n for n, m in self.masks.items() if self.budgets[n] < m.numel()]
+
+    # ------------------------------------------------------------------ per step
+    @torch.no_grad()
+    def apply_mask(self, masks: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Zero the weights and their optimizer state outside the masks."""
+        masks = self.masks if masks is None else masks
+        for name, p in self.params.items():
+            mask = masks[name]
+            p.mul_(mask)
+            for value in self.optimizer.state.get(p, {}).values():
+                if torch.is_tensor(value) and value.shape == p.shape:
+                    value.mul_(mask)
+
+    def is_update_step(self, step: int | None = None) -> bool:
+        step = self.steps + 1 if step is None else step
+        return bool(self.update_frequency) and step % self.update_frequency == 0
+
+    def current_death_rate(self) -> float:
+        return scheduled_death_rate(self.death_rate_schedule, self.base_death_rate, self.steps,
+                                    self.total_steps, self.final_death_rate)
+
+    @torch.no_grad()
+    def step(self, optimizer_step=None) -> bool:
+        """Replaces optimizer.step(); returns True if a topology update ran.
+
+        optimizer_step: what performs the step (default optimizer.step; pass e.g.
+        ``lambda: scaler.step(optimizer)`` under AMP).
+        """
+        update_now = self.is_update_step()
+        self.steps += 1
+        params = list(self.params.values())
+        grads = [p.grad for p in params]
+        if self._needs_momentum and all(g is not None for g in grads):
+            moms = [self.grad_momentum[n] for n in self.params]
+            torch._foreach_mul_(moms, self.momentum_beta)
+            torch._foreach_add_(moms, grads)
+        if not update_now and all(g is not None for g in grads):
+            # masked gradient -> inactive weights and optimizer state stay exactly zero
+            torch._foreach_mul_(grads, [self.masks[n] for n in self.params])
+        (optimizer_step or self.optimizer.step)()
+        if update_now:
+            # the dense gradient is still in p.grad: use it for growth; everything not kept is zeroed after
+            self.truncate_weights(self.current_death_rate())
+        else:
+            torch._foreach_mul_([p.data for p in params], [self.masks[n] for n in self.params])
+        return update_now
+
+    # ------------------------------------------------------------------ topology update
+    @torch.no_grad()
+    def truncate_weights(self, rate: float, grads: Mapping[str, torch.Tensor] | None = None) -> dict[str, int]:
+        """One prune-and-regrow cycle with death rate `rate`. Returns the per-layer removed counts.
+
+        Gradient growth reads `grads` (default: each weight's .grad, which must be the dense
+        gradient of a recent batch).
+        """
+        names = self.updatable
+        if not names or rate <= 0:
+            self.num_updates += 1
+            self.last_update = {"rate": float(rate), "removed": 0}
+            return {}
+        weights = {n: self.params[n].detach() for n in names}
+        old = {n: self.masks[n] for n in names}
+        # death
+        if self.death_mode == "global_magnitude":
+            total = sum(death.num_to_remove(self.budgets[n], rate) for n in names)
+            after = death.global_magnitude_death(weights, old, total)
+        elif self.death_mode == "threshold":
+            after = {n: death.threshold_death(weights[n], old[n], self.threshold) for n in names}
+        else:
+            rule = death.magnitude_death if self.death_mode == "magnitude" else death.set_death
+            after = {n: rule(weights[n], old[n], death.num_to_remove(int(old[n].sum()), rate)) for n in names}
+        removed = {n: int(old[n].sum()) - int(after[n].sum()) for n in names}
+        # how many each layer regrows: what it lost, or a share of the total by layer score
+        if self.redistribution_mode == "none":
+            regrow = removed
+        else:
+            scores = redistribution.layer_scores(self.redistribution_mode, weights, after, self.grad_momentum)
+            capacity = {n: after[n].numel() - int(after[n].sum()) for n in names}
+            regrow = redistribution.split_budget(scores, sum(removed.values()), capacity)
+        # growth
+        new = {}
+        for n in names:
+            if self.growth_mode == "gradient":
+                g = grads[n] if grads is not None else self.params[n].grad
+                if g is None:
+                    raise RuntimeError(f"gradient growth needs a gradient for {n}; run backward() first")
+                new[n] = growth.gradient_growth(after[n], g, regrow[n])
+            elif self.growth_mode == "momentum":
+                new[n] = growth.momentum_growth(after[n], self.grad_momentum[n], regrow[n])
+            else:
+                new[n] = growth.random_growth(after[n], regrow[n], self.generator)
+        # kept weights keep their value and state; pruned and grown ones are zero
+        self.apply_mask({**self.masks, **after})
+        for n in names:
+            self.masks[n] = new[n]
+            self.budgets[n] = int(after[n].sum()) + regrow[n]
+            self.explored[n] |= new[n]
+            if n in self.grad_momentum:
+                self.grad_momentum[n].mul_(new[n])
+        self.apply_mask()
+        self.num_updates += 1
+        self.last_update = {"rate": float(rate), "removed": int(sum(removed.values()))}
+        if self.check_invariants_after_update:
+            self.check_invariants()
+        return removed
+
+    # ------------------------------------------------------------------ checks and statistics
+    @torch.no_grad()
+    def check_invariants(self) -> None:
+        """Per-layer count equals its budget; inactive weights and optimizer state are zero; no NaN."""
+        for name, p in self.params.items():
+            mask = self.masks[name]
+            if int(mask.sum()) != self.budgets[name]:
+                raise InvariantError(f"{name}: {int(mask.sum())} active weights, budget {self.budgets[name]}")
+            if torch.count_nonzero(p.detach()[~mask]) != 0:
+                raise InvariantError(f"{name}: inactive weights are not zero")
+            if not torch.isfinite(p.detach()).all():
+                raise InvariantError(f"{name}: weights contain NaN or infinity")
+            for key, value in self.optimizer.state.get(p, {}).items():
+                if torch.is_tensor(value) and value.shape == p.shape and torch.count_nonzero(value[~mask]) != 0:
+                    raise InvariantError(f"{name}: optimizer state '{key}' is not zero at inactive positions")
+
+    def num_active(self) -> int:
+        return sum(self.budgets.values())
+
+    def num_total(self) -> int:
+        return sum(m.numel() for m in self.masks.values())
+
+    def density(self) -> float:
+        """Realised overall density of the sparse layers."""
+        return self.num_active() / max(self.num_total(), 1)
+
+    def layer_densities(self) -> dict[str, float]:
+        return {n: self.budgets[n] / m.numel() for n, m in self.masks.items()}
+
+    def exploration_rate(self) -> float:
+        """In-time over-parameterisation: the fraction of sparse-layer weights ever active."""
+        return sum(int(e.sum()) for e in self.explored.values()) / max(self.num_total(), 1)
+
+    def layer_exploration_rates(self) -> dict[str, float]:
+        return {n: int(e.sum()) / e.numel() for n, e in self.explored.items()}
+
+    # ------------------------------------------------------------------ persistence
+    def state_dict(self) -> dict:
+        return {
+            "masks": {n: m.cpu() for n, m in self.masks.items()},
+            "explored": {n: e.cpu() for n, e in self.explored.items()},
+            "densities": dict(self.densities),
+            "budgets": dict(self.budgets),
+            "grad_momentum": {n: t.cpu() for n, t in self.grad_momentum.items()},
+            "steps": self.steps,
+            "num_updates": self.num_updates,
+            "generator_state": self.generator.get_state(),
+            "config": {"death_rate": self.base_death_rate, "death_mode": self.death_mode,
+                       "growth_mode": self.growth_mode, "redistribution_mode": self.redistribution_mode,
+                       "death_rate_schedule": self.death_rate_schedule, "update_frequency": self.update_frequency},
+        }
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Restore everything needed to continue exactly (call after add_module on the same model)."""
+        if set(state["masks"]) != set(self.params):
+            raise ValueError("saved masks are for different layers than this model's sparse layers")
+        for n, p in self.params.items():
+            if tuple(state["masks"][n].shape) != tuple(p.shape):
+                raise ValueError(f"saved mask for {n} has shape {tuple(state['masks'][n].shape)}, "
+                                 f"the model's is {tuple(p.shape)}")
+        self.masks = {n: state["masks"][n].to(p.device, torch.bool) for n, p in self.params.items()}
+        self.explored = {n: state["explored"][n].to(p.device, torch.bool) for n, p in self.params.items()}
+        self.densities = dict(state["densities"])
+        self.budgets = {n: int(v) for n, v in state["budgets"].items()}
+        self.grad_momentum = {n: t.to(self.params[n].device) for n, t in state.get("grad_momentum", {}).items()}
+        if self._needs_momentum and not self.grad_momentum:
+            self.grad_momentum = {n: torch.zeros_like(p) for n, p in self.params.items()}
+        self.steps = int(state["steps"])
+        self.num_updates = int(state.get("num_updates", 0))
+        self.generator.set_state(state["generator_state"])
+        self.apply_mask()
+
+    # ------------------------------------------------------------------ distributed
+    def broadcast_masks(self, src: int = 0) -> None:
+        """Make every rank's masks equal to rank `src`'s (call after init when ranks might differ)."""
+        from .distributed import broadcast_masks
+
+        broadcast_masks(self.masks, src)
+        self.budgets = {n: int(m.sum()) for n, m in self.masks.items()}
+        self.apply_mask()
+
+    def assert_masks_in_sync(self) -> None:
+        """Raise on every rank if any rank's masks differ (a cheap all-reduced checksum)."""
+        from .distributed import assert_masks_in_sync
+
+        assert_masks_in_sync(self.masks)

@@ -1,0 +1,238 @@
+import copy
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from sparselearning.masking import InvariantError, Masking
+
+
+class TinyNet(nn.Module):
+    def __init__(self, width=8, classes=5):
+        super().__init__()
+        self.stem = nn.Conv2d(3, width, 3, padding=1)
+        self.bn = nn.BatchNorm2d(width)
+        self.conv = nn.Conv2d(width, 2 * width, 3, padding=1)
+        self.emb = nn.Embedding(4, 6)  # never sparsified
+        self.fc = nn.Linear(2 * width, classes)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.stem(x)))
+        x = torch.relu(self.conv(x)).mean(dim=(2, 3))
+        return self.fc(x)
+
+
+def batch(seed, n=16, classes=5):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 6, 6, generator=g), torch.randint(0, classes, (n,), generator=g)
+
+
+def make(opt="sgd", death_mode="magnitude", growth_mode="gradient", redistribution="none", freq=3,
+         density=0.3, init="ERK", seed=0, schedule="constant", total=0):
+    torch.manual_seed(seed)
+    model = TinyNet()
+    if opt == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    elif opt == "adam":
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-4)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    mask = Masking(optimizer, death_rate=0.5, death_mode=death_mode, growth_mode=growth_mode,
+                   redistribution_mode=redistribution, update_frequency=freq, threshold=0.05, seed=seed,
+                   death_rate_schedule=schedule, total_steps=total)
+    mask.add_module(model, density=density, sparse_init=init)
+    return model, optimizer, mask
+
+
+def train(model, optimizer, mask, steps, start=0):
+    for i in range(start, start + steps):
+        x, y = batch(i)
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        mask.step()
+
+
+def test_selects_conv_and_linear_weights_only():
+    model, _, mask = make()
+    assert set(mask.masks) == {"stem.weight", "conv.weight", "fc.weight"}
+    assert all(m.dtype == torch.bool for m in mask.masks.values())
+
+
+def test_include_exclude_patterns():
+    model = TinyNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    m = Masking(opt, exclude=["stem.*", "fc.weight"])
+    m.add_module(model, density=0.5)
+    assert set(m.masks) == {"conv.weight"}
+    with pytest.raises(ValueError, match="matches no"):
+        Masking(opt, exclude=["nothing.here"]).add_module(TinyNet(), density=0.5)
+    with pytest.raises(ValueError, match="matches no"):
+        Masking(opt, include=["nope*"]).add_module(TinyNet(), density=0.5)
+
+
+# every death x growth x redistribution rule, the optimizers cycling through them
+COMBOS = [(("sgd", "adam", "adamw")[i % 3], *rules) for i, rules in enumerate(itertools.product(
+    ["magnitude", "SET", "global_magnitude", "threshold"], ["gradient", "random", "momentum"],
+    ["none", "magnitude", "momentum"]))]
+
+
+@pytest.mark.parametrize("opt,death_mode,growth_mode,redistribution", COMBOS)
+def test_invariants_hold_over_many_updates(opt, death_mode, growth_mode, redistribution):
+    model, optimizer, mask = make(opt, death_mode, growth_mode, redistribution, freq=2, density=0.25)
+    total = mask.num_active()
+    budgets0 = dict(mask.budgets)
+    dense = [n for n in mask.masks if mask.budgets[n] == mask.masks[n].numel()]
+    dense_before = {n: mask.params[n].detach().clone() for n in dense}
+    for i in range(12):
+        x, y = batch(i)
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        mask.step()
+        mask.check_invariants()  # after every step, not only after updates
+        for n, p in mask.params.items():
+            assert torch.count_nonzero(p.detach()[~mask.masks[n]]) == 0
+    assert mask.num_updates == 6
+    if death_mode != "threshold":  # threshold removes a variable count, regrowth matches it
+        assert mask.num_active() == total
+    if redistribution == "none" and death_mode in ("magnitude", "SET"):
+        assert mask.budgets == budgets0
+    for n in dense:  # fully dense layers are never pruned
+        assert bool(mask.masks[n].all())
+    assert mask.exploration_rate() >= mask.density()
+
+
+def test_grown_weights_start_at_zero_with_zero_state():
+    model, optimizer, mask = make(freq=1000)
+    train(model, optimizer, mask, 3)
+    old = {n: m.clone() for n, m in mask.masks.items()}
+    x, y = batch(99)
+    optimizer.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    mask.truncate_weights(0.5)
+    for n, p in mask.params.items():
+        grown = mask.masks[n] & ~old[n]
+        if n in mask.updatable:
+            assert grown.any()
+        assert torch.all(p.detach()[grown] == 0)
+        assert torch.all(optimizer.state[p]["momentum_buffer"][grown] == 0)
+
+
+def test_kept_weights_keep_their_values():
+    """Survivors of death keep their exact values; everything else active now is a grown zero."""
+    model, optimizer, mask = make(freq=1000)
+    train(model, optimizer, mask, 3)
+    before = {n: p.detach().clone() for n, p in mask.params.items()}
+    old = {n: m.clone() for n, m in mask.masks.items()}
+    mask.truncate_weights(0.5)
+    for n in mask.updatable:
+        now = mask.params[n].detach()
+        n_old = int(old[n].sum())
+        survivors = old[n] & mask.masks[n] & (now == before[n]) & (before[n] != 0)
+        assert int(survivors.sum()) == n_old - -(-n_old // 2)  # n_old - ceil(n_old / 2)
+        assert torch.all(now[mask.masks[n] & ~survivors] == 0)
+
+
+def test_weight_decay_never_revives_pruned_weights():
+    model, optimizer, mask = make("adamw", freq=None)
+    train(model, optimizer, mask, 10)
+    for n, p in mask.params.items():
+        assert torch.count_nonzero(p.detach()[~mask.masks[n]]) == 0
+        st = optimizer.state[p]
+        assert torch.count_nonzero(st["exp_avg"][~mask.masks[n]]) == 0
+        assert torch.count_nonzero(st["exp_avg_sq"][~mask.masks[n]]) == 0
+
+
+def test_fixed_mask_never_changes():
+    model, optimizer, mask = make(freq=None)
+    m0 = {n: m.clone() for n, m in mask.masks.items()}
+    train(model, optimizer, mask, 10)
+    assert all(torch.equal(m0[n], mask.masks[n]) for n in m0) and mask.num_updates == 0
+
+
+def test_update_frequency_counts_optimizer_steps():
+    model, optimizer, mask = make(freq=4)
+    train(model, optimizer, mask, 13)
+    assert mask.num_updates == 3 and mask.steps == 13
+
+
+def test_cosine_schedule_really_applies():
+    model, optimizer, mask = make(freq=5, schedule="cosine", total=20)
+    removed = []
+    for i in range(20):
+        x, y = batch(i)
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        if mask.step():
+            removed.append(mask.last_update["rate"])
+    assert removed == sorted(removed, reverse=True) and removed[0] < 0.5 and removed[-1] < 0.1
+
+
+def test_exact_density_at_init():
+    model, _, mask = make(density=0.3, init="uniform")
+    for n, m in mask.masks.items():
+        assert int(m.sum()) == round(0.3 * m.numel())
+
+
+def test_pruning_init_keeps_largest_globally():
+    torch.manual_seed(1)
+    model = TinyNet()
+    weights = {n: p.detach().clone() for n, p in model.named_parameters() if n.endswith("weight") and p.dim() > 1
+               and not n.startswith("emb")}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mask = Masking(opt, update_frequency=None)
+    mask.add_module(model, sparse_init="pruning", pf_rate=0.8)
+    n_total = sum(w.numel() for w in weights.values())
+    assert mask.num_active() == int(n_total * 0.2)
+    thresh = min(float(weights[n][m].abs().min()) for n, m in mask.masks.items())
+    for n, m in mask.masks.items():
+        assert (weights[n][~m].abs() <= thresh).all()
+
+
+def test_invariant_violation_names_the_layer():
+    model, optimizer, mask = make()
+    with torch.no_grad():
+        mask.params["conv.weight"][~mask.masks["conv.weight"]] = 1.0
+    with pytest.raises(InvariantError, match="conv.weight"):
+        mask.check_invariants()
+
+
+@pytest.mark.parametrize("growth_mode,redistribution", [("gradient", "none"), ("random", "magnitude"),
+                                                        ("momentum", "momentum")])
+def test_state_dict_round_trip_continues_bit_identically(growth_mode, redistribution, tmp_path):
+    model, optimizer, mask = make(growth_mode=growth_mode, redistribution=redistribution, freq=3)
+    train(model, optimizer, mask, 7)
+    path = tmp_path / "state.pt"
+    torch.save({"model": model.state_dict(), "opt": optimizer.state_dict(), "mask": mask.state_dict()}, path)
+    reference = copy.deepcopy((model.state_dict(), mask.state_dict()))
+    train(model, optimizer, mask, 8, start=7)
+    final_ref = {n: p.detach().clone() for n, p in model.named_parameters()}
+    masks_ref = {n: m.clone() for n, m in mask.masks.items()}
+
+    model2, optimizer2, mask2 = make(growth_mode=growth_mode, redistribution=redistribution, freq=3, seed=123)
+    state = torch.load(path, weights_only=True)
+    model2.load_state_dict(state["model"])
+    optimizer2.load_state_dict(state["opt"])
+    mask2.load_state_dict(state["mask"])
+    assert mask2.steps == 7 and torch.equal(mask2.generator.get_state(), torch.tensor(reference[1]["generator_state"]))
+    train(model2, optimizer2, mask2, 8, start=7)
+    for n, p in model2.named_parameters():
+        assert torch.equal(p.detach(), final_ref[n]), n
+    for n in masks_ref:
+        assert torch.equal(mask2.masks[n], masks_ref[n])
+    assert mask2.exploration_rate() == mask.exploration_rate()
+
+
+def test_load_state_dict_rejects_other_model():
+    _, _, mask = make()
+    other = TinyNet(width=4)
+    opt = torch.optim.SGD(other.parameters(), lr=0.1)
+    m2 = Masking(opt)
+    m2.add_module(other, density=0.3)
+    with pytest.raises(ValueError, match="shape"):
+        m2.load_state_dict(mask.state_dict())
+
+
+def test_masks_memory_one_byte_per_weight():
+    _, _, mask = make()
+    assert all(m.element_size() == 1 for m in mask.masks.values())
