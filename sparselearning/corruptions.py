@@ -36,9 +36,9 @@ SEVERITY_PARAMS: dict[str, tuple] = {
     "contrast": (0.75, 0.5, 0.4, 0.3, 0.15),  # contrast factor (smaller = stronger)
     "brightness": (0.05, 0.1, 0.15, 0.2, 0.3),  # added to HSV value
     "fog": ((0.2, 3.0), (0.5, 3.0), (0.75, 2.5), (1.0, 2.0), (1.5, 1.75)),  # (strength, octave decay)
-    "pixelate": (0.95, 0.9, 0.85, 0.75, 0.65),  # down-sampling factor
+    "pixelate": (0.95, 0.9, 0.85, 0.75, 0.65),  # resolution factor (blocks of ~1/factor px)
     "jpeg_compression": (80, 65, 58, 50, 40),  # JPEG quality
-    "elastic_transform": (0.6, 1.0, 1.4, 1.8, 2.4),  # RMS displacement, px at 32 px
+    "elastic_transform": (0.3, 0.45, 0.6, 0.8, 1.0),  # RMS displacement, px at 32 px (smoothing 4 px)
 }
 CORRUPTIONS: tuple[str, ...] = tuple(SEVERITY_PARAMS)
 
@@ -63,24 +63,48 @@ def _depthwise(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     mode = "reflect" if r < min(h, w) else "replicate"
     xp = F.pad(x, (r, r, r, r), mode=mode)
     kernel = kernel.to(x.device, x.dtype)
-    if kernel.dim() == 2:
-        weight = kernel.expand(c, 1, k, k)
-        return F.conv2d(xp, weight, groups=c)
+    if kernel.dim() == 2:  # one single-channel convolution over all N*C planes
+        out = F.conv2d(xp.reshape(n * c, 1, h + 2 * r, w + 2 * r), kernel.view(1, 1, k, k))
+        return out.view(n, c, h, w)
     weight = kernel.view(n, 1, 1, k, k).expand(n, c, 1, k, k).reshape(n * c, 1, k, k)
     out = F.conv2d(xp.reshape(1, n * c, h + 2 * r, w + 2 * r), weight, groups=n * c)
     return out.view(n, c, h, w)
 
 
-def _gaussian_kernel(sigma: float) -> torch.Tensor:
-    r = max(1, math.ceil(3 * sigma))
-    t = torch.arange(-r, r + 1, dtype=torch.float32)
-    g = torch.exp(-(t**2) / (2 * sigma**2))
-    k2 = g[:, None] * g[None, :]
-    return k2 / k2.sum()
+def _mirror(i: torch.Tensor, size: int) -> torch.Tensor:
+    """Reflect integer indices into [0, size) without repeating the edge (as F.pad 'reflect'), any distance."""
+    if size == 1:
+        return torch.zeros_like(i)
+    period = 2 * (size - 1)
+    m = i.remainder(period)
+    return torch.where(m < size, m, period - m)
+
+
+def _blur_matrix(size: int, taps: torch.Tensor, device, dtype) -> torch.Tensor:
+    """(size, size) matrix applying the centred 1-D filter ``taps`` with reflect boundary handling."""
+    r = (taps.numel() - 1) // 2
+    rows = torch.arange(size).repeat_interleave(taps.numel())
+    cols = _mirror(torch.arange(size)[:, None] + torch.arange(-r, r + 1)[None, :], size).reshape(-1)
+    m = torch.zeros(size, size, dtype=torch.float64)
+    m.index_put_((rows, cols), taps.to(torch.float64).repeat(size), accumulate=True)
+    return m.to(device=device, dtype=dtype)
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    return _depthwise(x, _gaussian_kernel(sigma))
+    """Separable Gaussian blur with reflect boundaries, as two small matrix products (same size)."""
+    h, w = x.shape[-2:]
+    r = max(1, math.ceil(3 * sigma))
+    t = torch.arange(-r, r + 1, dtype=torch.float64)
+    g = torch.exp(-(t**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return _blur_matrix(h, g, x.device, x.dtype) @ x @ _blur_matrix(w, g, x.device, x.dtype).T
+
+
+def _pixelate_matrix(size: int, cells: int, device, dtype) -> torch.Tensor:
+    """(size, size) matrix replacing each pixel by the mean of its cell; pixel j is in cell floor(j*cells/size)."""
+    cell = (torch.arange(size) * cells) // size
+    same = (cell[:, None] == cell[None, :]).to(dtype)
+    return (same / same.sum(dim=1, keepdim=True)).to(device)
 
 
 def _disk_kernel(radius: float, supersample: int = 8) -> torch.Tensor:
@@ -121,6 +145,23 @@ def _identity_grid(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     n, c, h, w = x.shape
     theta = torch.tensor([[scale, 0.0, 0.0], [0.0, scale, 0.0]], dtype=x.dtype, device=x.device)
     return F.affine_grid(theta.expand(n, 2, 3), [n, c, h, w], align_corners=False)
+
+
+def _zoom_matrix(size: int, zoom: float, device) -> torch.Tensor:
+    """(size, size) bilinear resampling matrix that magnifies by ``zoom`` >= 1 about the centre.
+
+    Output pixel i samples source coordinate (i + 0.5 - size/2) / zoom + size/2 - 0.5 (pixel centres),
+    which stays inside the image for zoom >= 1.
+    """
+    i = torch.arange(size, dtype=torch.float64)
+    u = ((i + 0.5 - size / 2) / zoom + size / 2 - 0.5).clamp(0, size - 1)
+    j0 = u.floor().long().clamp(max=size - 1)
+    frac = u - j0
+    j1 = (j0 + 1).clamp(max=size - 1)
+    m = torch.zeros(size, size, dtype=torch.float64)
+    m[torch.arange(size), j0] += 1 - frac
+    m[torch.arange(size), j1] += frac
+    return m.to(device=device, dtype=torch.float32)
 
 
 def _smooth_noise(n: int, h: int, w: int, decay: float, generator, device) -> torch.Tensor:
@@ -244,9 +285,8 @@ def corrupt(images: torch.Tensor, corruption: str, severity: int,
     elif corruption == "zoom_blur":
         zooms = torch.arange(1.0, param - 1e-9, 0.01).tolist() + [param]
         acc = x.clone()
-        for z in zooms[1:]:
-            acc += F.grid_sample(x, _identity_grid(x, 1.0 / z), mode="bilinear",
-                                 padding_mode="border", align_corners=False)
+        for z in zooms[1:]:  # centre zoom by z = separable bilinear resampling (rows, then columns)
+            acc += _zoom_matrix(h, z, dev) @ x @ _zoom_matrix(w, z, dev).T
         out = acc / len(zooms)
     elif corruption == "contrast":
         means = x.mean(dim=(2, 3), keepdim=True)
@@ -261,13 +301,14 @@ def corrupt(images: torch.Tensor, corruption: str, severity: int,
         top = x.amax(dim=(1, 2, 3), keepdim=True)
         out = (x + strength * fog) * top / (top + strength)
     elif corruption == "pixelate":
-        small = (max(1, int(round(h * param))), max(1, int(round(w * param))))
-        out = F.interpolate(F.interpolate(x, size=small, mode="area"), size=(h, w), mode="nearest")
+        ph = _pixelate_matrix(h, max(1, int(round(h * param))), dev, x.dtype)
+        pw = _pixelate_matrix(w, max(1, int(round(w * param))), dev, x.dtype)
+        out = ph @ x @ pw.T  # every pixel becomes the mean of its (non-overlapping) block
     elif corruption == "jpeg_compression":
         out = _jpeg_like(x * 255.0, int(param)) / 255.0
     elif corruption == "elastic_transform":
         field = _rand("uniform", (n, 2, h, w), generator, dev) * 2 - 1
-        field = _gaussian_blur(field, 3.0 * px)
+        field = _gaussian_blur(field, 4.0 * px)
         rms = field.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt().clamp_min(1e-12)
         disp_px = field / rms * (param * px)  # (n, 2, h, w): x then y displacement in pixels
         scale = torch.tensor([2.0 / w, 2.0 / h], device=dev).view(1, 2, 1, 1)

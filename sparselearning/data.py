@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import gzip
 import math
-import os
 import pickle
 import socket
 from dataclasses import dataclass
@@ -509,14 +508,14 @@ def _to_size(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def ood_images(name: str, like: DatasetSpec, n: int | None, data_dir: str | None,
-               generator: torch.Generator | None) -> torch.Tensor:
+               generator: torch.Generator | None, download: bool = True) -> torch.Tensor:
     """uint8 (n, like.in_channels, like.image_size, like.image_size) out-of-distribution images.
 
     'gaussian': N(0.5, 0.25^2) clipped to [0, 1] (the original's N(0, 0.5^2) clipped to [-1, 1],
     then *0.5 + 0.5); 'uniform': uniform over 0..255; both drawn from ``generator`` on the CPU,
     n = 10000 when None. A dataset name ('svhn', 'cifar10', 'cifar100', 'mnist', 'fashionmnist'):
     its first n test images (all when None), converted to like's channel count (RGB <-> gray) and
-    centre-padded (smaller) or resized (larger) to like's image size.
+    centre-padded (smaller) or resized (larger) to like's image size (``download`` as in load_split).
     """
     key = str(name).lower()
     if key not in OOD_NAMES:
@@ -530,13 +529,14 @@ def ood_images(name: str, like: DatasetSpec, n: int | None, data_dir: str | None
             z = torch.randn((count, *shape_tail), generator=generator)
             return (z.mul_(0.25).add_(0.5).clamp_(0, 1) * 255).round_().to(torch.uint8)
         return torch.randint(0, 256, (count, *shape_tail), generator=generator, dtype=torch.uint8)
-    x, _ = load_split(key, "test", data_dir)
+    x, _ = load_split(key, "test", data_dir, download)
     if n is not None:
         if n > x.shape[0]:
             raise UsageError(f"asked for {n} {key} OoD images but its test set has {x.shape[0]}; "
                              f"use n <= {x.shape[0]} or n=None")
         x = x[:n]
-    return _to_size(_to_channels(x, like.in_channels), like.image_size).contiguous()
+    out = _to_size(_to_channels(x, like.in_channels), like.image_size)
+    return out.clone() if out.data_ptr() == x.data_ptr() else out.contiguous()  # never a view of the cache
 
 
 # =========================================================================== CIFAR-10-C / 100-C

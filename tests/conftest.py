@@ -31,3 +31,68 @@ def numel(shape):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+# ------------------------------------------------------------------ tiny datasets in real on-disk formats
+import gzip
+import pickle
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _idx_bytes(array: np.ndarray) -> bytes:
+    dtype_code = 0x08  # unsigned byte
+    header = struct.pack(">HBB", 0, dtype_code, array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def _learnable_images(n: int, classes: int, shape: tuple, rng: np.random.Generator):
+    """Images whose class is visible (a bright block at a class-specific place) plus noise."""
+    labels = rng.integers(0, classes, n)
+    images = rng.integers(0, 60, (n, *shape)).astype(np.uint8)
+    h = shape[-2]
+    for i, c in enumerate(labels):
+        r = (c * 3) % (h - 6)
+        images[i, ..., r:r + 6, 4:12] = 220
+    return images, labels
+
+
+def write_fashion_mnist(root: Path, n_train: int = 300, n_test: int = 100, seed: int = 0) -> Path:
+    """FashionMNIST/raw/*.gz as torchvision lays them out."""
+    rng = np.random.default_rng(seed)
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        x, y = _learnable_images(n, 10, (28, 28), rng)
+        (raw / f"{split}-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(x)))
+        (raw / f"{split}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(y)))
+    return root
+
+
+def write_cifar10(root: Path, per_batch: int = 60, n_test: int = 60, seed: int = 0) -> Path:
+    """cifar-10-batches-py/ pickles (data_batch_1..5, test_batch) in the release's format."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, n in [(f"data_batch_{i}", per_batch) for i in range(1, 6)] + [("test_batch", n_test)]:
+        x, y = _learnable_images(n, 10, (3, 32, 32), rng)
+        with open(folder / name, "wb") as fh:
+            pickle.dump({b"data": x.reshape(n, -1), b"labels": [int(v) for v in y]}, fh)
+    return root
+
+
+@pytest.fixture
+def fmnist_dir(tmp_path):
+    return write_fashion_mnist(tmp_path / "data")
+
+
+def run_script(*args, cwd=None, timeout=600):
+    """Run a repository script as a user would; returns CompletedProcess."""
+    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd or REPO, capture_output=True, text=True,
+                          timeout=timeout)

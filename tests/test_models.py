@@ -49,10 +49,13 @@ def test_unknown_name_raises_one_line_usage_error():
 
 @pytest.mark.parametrize("kwargs", [dict(num_classes=0), dict(num_classes=10, in_channels=0),
                                     dict(num_classes=10, image_size=-1), dict(num_classes=2.5),
-                                    dict(num_classes=10, drop_rate=1.5)])
+                                    dict(num_classes=10, drop_rate=1.5),
+                                    dict(num_classes=10, image_size=12, name="lenet5")])
 def test_bad_arguments_raise_usage_error(kwargs):
-    with pytest.raises(UsageError):
-        get_model("cnn-small", **kwargs)
+    name = kwargs.pop("name", "cnn-small")
+    with pytest.raises(UsageError) as info:
+        get_model(name, **kwargs)
+    assert "\n" not in str(info.value)
 
 
 def test_drop_rate_only_for_wrn():
