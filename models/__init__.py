@@ -14,6 +14,7 @@ import torch.nn as nn
 from sparselearning.errors import UsageError
 
 from .alexnet import AlexNet
+from .imagenet_resnet import imagenet_resnet
 from .mlp import MLP_CIFAR10, LeNet_5_Caffe, LeNet_300_100
 from .resnet import ResNet, resnet18, resnet34, resnet50
 from .small_cnn import SmallCNN
@@ -46,6 +47,12 @@ _REGISTRY: dict[str, _Builder] = {
     "resnet34": lambda c, ch, s, p: resnet34(c, ch),
     "resnet50": lambda c, ch, s, p: resnet50(c, ch),
     "cnn-small": lambda c, ch, s, p: SmallCNN(c, ch),
+    # torchvision ImageNet ResNets (ImageNet/main.py); prefixed so they do not clash with the CIFAR ones
+    "imagenet-resnet18": lambda c, ch, s, p: imagenet_resnet("resnet18", c, ch),
+    "imagenet-resnet34": lambda c, ch, s, p: imagenet_resnet("resnet34", c, ch),
+    "imagenet-resnet50": lambda c, ch, s, p: imagenet_resnet("resnet50", c, ch),
+    "imagenet-resnet101": lambda c, ch, s, p: imagenet_resnet("resnet101", c, ch),
+    "imagenet-resnet152": lambda c, ch, s, p: imagenet_resnet("resnet152", c, ch),
 }
 
 MODEL_NAMES: tuple[str, ...] = tuple(sorted(_REGISTRY))
@@ -79,5 +86,5 @@ def get_model(name: str, num_classes: int, in_channels: int = 3, image_size: int
 
 __all__ = [
     "MODEL_NAMES", "get_model", "AlexNet", "LeNet_300_100", "LeNet_5_Caffe", "MLP_CIFAR10",
-    "ResNet", "SmallCNN", "VGG16", "WideResNet", "resnet18", "resnet34", "resnet50",
+    "ResNet", "SmallCNN", "VGG16", "WideResNet", "imagenet_resnet", "resnet18", "resnet34", "resnet50",
 ]

@@ -11,6 +11,8 @@ from typing import Mapping
 
 import torch
 
+from .selection import top_k_indices
+
 
 def num_to_remove(n_active: int, rate: float) -> int:
     """ceil(rate * n_active), as the paper's code removes (never more than are active)."""
@@ -18,13 +20,13 @@ def num_to_remove(n_active: int, rate: float) -> int:
 
 
 def _remove_lowest(score: torch.Tensor, mask: torch.Tensor, n_remove: int) -> torch.Tensor:
-    """Drop the n_remove active entries with the lowest score."""
+    """Drop the n_remove active entries with the lowest score (top-k over the active entries only)."""
     new_mask = mask.clone()
     if n_remove <= 0:
         return new_mask
-    flat = score.flatten().masked_fill(~mask.flatten(), float("inf"))
-    drop = torch.topk(flat, n_remove, largest=False, sorted=False).indices
-    new_mask.view(-1)[drop] = False
+    active = mask.flatten().nonzero().squeeze(1)
+    drop = top_k_indices(score.flatten()[active], n_remove, largest=False)
+    new_mask.view(-1)[active[drop]] = False
     return new_mask
 
 
@@ -42,7 +44,7 @@ def set_death(weight: torch.Tensor, mask: torch.Tensor, n_remove: int) -> torch.
     w = weight.detach()
     positive = mask & (w >= 0)
     negative = mask & (w < 0)
-    n_pos, n_active = int(positive.sum()), int(mask.sum())
+    n_pos, n_active = int(torch.count_nonzero(positive)), int(torch.count_nonzero(mask))
     k_pos = min(n_pos, round(n_remove * n_pos / max(n_active, 1)))
     k_neg = n_remove - k_pos
     new_mask = _remove_lowest(w, positive, k_pos) | _remove_lowest(-w, negative, k_neg)
@@ -62,7 +64,7 @@ def global_magnitude_death(weights: Mapping[str, torch.Tensor], masks: Mapping[s
                       .masked_fill(~masks[n].flatten(), float("inf")).cpu() for n in names])
     keep = torch.ones(flat.numel(), dtype=torch.bool)
     if n_remove > 0:
-        keep[torch.topk(flat, n_remove, largest=False, sorted=False).indices] = False
+        keep[top_k_indices(flat, n_remove, largest=False)] = False
     out, offset = {}, 0
     for n in names:
         m = masks[n]

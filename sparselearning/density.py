@@ -11,6 +11,8 @@ from typing import Mapping, Sequence
 
 import torch
 
+from .selection import top_k_indices
+
 Shape = Sequence[int]
 
 
@@ -97,7 +99,7 @@ def global_magnitude_masks(weights: Mapping[str, torch.Tensor], keep_fraction: f
     flat = torch.cat([w.detach().abs().flatten().float().cpu() for w in weights.values()])
     keep = max(1, math.floor(flat.numel() * keep_fraction))
     chosen = torch.zeros(flat.numel(), dtype=torch.bool)
-    chosen[torch.topk(flat, keep, sorted=False).indices] = True
+    chosen[top_k_indices(flat, keep)] = True
     masks, offset = {}, 0
     for name, w in weights.items():
         masks[name] = chosen[offset:offset + w.numel()].view_as(w).to(w.device)

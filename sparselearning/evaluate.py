@@ -55,6 +55,7 @@ import os
 import re
 import sys
 import tempfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -311,6 +312,16 @@ def _forward_logits(model: torch.nn.Module, images: torch.Tensor, spec, batch_si
     return torch.cat(outs)
 
 
+def _fingerprint(*tensors: torch.Tensor) -> str:
+    """Short content hash of tensors (cache keys follow the data, not just its name)."""
+    h = hashlib.sha1()
+    for t in tensors:
+        a = t.detach().cpu().contiguous().numpy()
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:12]
+
+
 def _adapt_images(images: torch.Tensor, channels: int, size: int) -> torch.Tensor:
     """Convert uint8 images to the ticket's channel count and size (as the OoD loader does)."""
     from . import data as D
@@ -505,8 +516,9 @@ class Evaluator:
             self.snapshot_runs = discover_snapshot_runs(root, exclude=[self.out_dir])
             n_pts = sum(len(f) for _, f in self.snapshot_runs)
             if not self.snapshot_runs or n_pts + self.M < 3:
-                self._skip_or_fail("tsne", f"no per-epoch snapshots (snapshots/epoch_<e>.pth) under {root}",
-                                   "train with --save-every K to record function-space trajectories")
+                why = (f"no per-epoch snapshots (snapshots/epoch_<e>.pth) under {root}" if not self.snapshot_runs
+                       else f"only {n_pts + self.M} checkpoints under {root}, t-SNE needs at least 3")
+                self._skip_or_fail("tsne", why, "train with --save-every K to record function-space trajectories")
                 self.modes.remove("tsne")
         if "corruption" in self.modes:
             self._prepare_corruption()
@@ -568,11 +580,11 @@ class Evaluator:
         names = list(c.ood_data) if explicit else list(DEFAULT_OOD.get(self.dataset, ("gaussian", "uniform")))
         self.ood_sets: dict[str, torch.Tensor] = {}
         like = self.spec
-        for k, name in enumerate(names):
+        for name in names:
             key = str(name).lower()
             if canonical_dataset(key) == self.dataset:
                 raise UsageError(f"--ood-data {name} is the in-distribution dataset; pick another set")
-            gen = torch.Generator().manual_seed(int(c.seed) * 1009 + k)
+            gen = torch.Generator().manual_seed(int(c.seed) * 1009 + zlib.crc32(key.encode()))
             try:
                 imgs = D.ood_images(key, like, None if key not in ("gaussian", "uniform") else self.n_test,
                                     c.data_dir, gen) if c.download else self._ood_no_download(key, like, gen)
@@ -658,15 +670,18 @@ class Evaluator:
             raise UsageError(f"{e.name} produced logits of shape {tuple(out.shape)} on {source.desc}, expected "
                              f"{(source.n, self.num_classes)}; the ticket does not fit this dataset")
         if use_cache:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
             try:
-                with os.fdopen(fd, "wb") as fh:
-                    np.save(fh, out.numpy().astype(np.float32), allow_pickle=False)
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+                try:
+                    with os.fdopen(fd, "wb") as fh:
+                        np.save(fh, out.numpy().astype(np.float32), allow_pickle=False)
+                    os.replace(tmp, path)
+                finally:
+                    if os.path.exists(tmp):
+                        os.unlink(tmp)
+            except OSError as err:  # a full disk costs the cache entry, not the evaluation
+                self.out(f"warning: could not write the logit cache {path} ({err.strerror or err}); continuing")
         if source.key == self._test_source.key:
             self._logits_mem[mem_key] = out
         return out
@@ -903,7 +918,7 @@ class Evaluator:
         table = []
         roc = {}
         for k, (name, imgs) in enumerate(self.ood_sets.items()):
-            src = Source(key=f"ood-{name}-n{imgs.shape[0]}-seed{self.cfg.seed}", n=int(imgs.shape[0]), labels=None,
+            src = Source(key=f"ood-{name}-n{imgs.shape[0]}-{_fingerprint(imgs)}", n=int(imgs.shape[0]), labels=None,
                          make_images=lambda imgs=imgs: imgs, desc=f"OoD {name}")
             o_logits = self.member_logits(src)
             o_lp = Mx.log_probs_from_logits(o_logits)
@@ -974,13 +989,13 @@ class Evaluator:
             from .corruptions import CORRUPTIONS, corrupt
 
             for name in self.gen_names:
-                ci = CORRUPTIONS.index(name)
+                ci = zlib.crc32(name.encode())
                 for sev in range(1, 6):
                     def make(name=name, sev=sev, ci=ci):
-                        gen = torch.Generator().manual_seed(int(c.seed) * 100003 + ci * 10 + sev)
+                        gen = torch.Generator().manual_seed(int(c.seed) * 1000003 + ci * 10 + sev)
                         return corrupt(self.test_images, name, sev, gen)
 
-                    src = Source(key=f"gen-{name}-s{sev}-seed{c.seed}-n{self.n_test}", n=self.n_test,
+                    src = Source(key=f"gen-{name}-s{sev}-seed{c.seed}-{self._test_source.key}", n=self.n_test,
                                  labels=self.test_labels, make_images=make, desc=f"{name} severity {sev}")
                     out.append((name, src, sev))
             return out
@@ -1128,7 +1143,7 @@ class Evaluator:
         n = min(self.cfg.tsne_samples, self.n_test)
         gen = torch.Generator().manual_seed(int(self.cfg.seed))
         idx = torch.randperm(self.n_test, generator=gen)[:n].sort().values
-        sub = Source(key=f"tsne-n{n}-seed{self.cfg.seed}", n=n, labels=self.test_labels[idx],
+        sub = Source(key=f"tsne-n{n}-seed{self.cfg.seed}-{self._test_source.key}", n=n, labels=self.test_labels[idx],
                      make_images=lambda: self.test_images[idx].contiguous(), desc=f"t-SNE subset ({n} images)")
         vectors, points = [], []
         runs = []
@@ -1206,9 +1221,14 @@ class Evaluator:
 
     def run(self) -> dict:
         self.prepare()
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.run_id = self._reserve_run_id()
-        self._test_source = Source(key="test", n=self.n_test, labels=self.test_labels,
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self.run_id = self._reserve_run_id()
+        except OSError as err:
+            raise UsageError(f"cannot write to the output folder {self.out_dir} ({err.strerror or err}); pass a "
+                             f"writable --output-dir") from None
+        self._test_source = Source(key=f"test-{_fingerprint(self.test_images, self.test_labels)}", n=self.n_test,
+                                   labels=self.test_labels,
                                    make_images=lambda: self.test_images, desc=f"{self.dataset} test")
         self.out(f"evaluating {self.M} ticket(s) of {self.model_name} on {self.dataset} ({self.n_test} test images) "
                  f"from {self.root}; device {self.device}; modes: {', '.join(self.modes) or 'none'}")
@@ -1255,10 +1275,14 @@ class Evaluator:
             w.writerow(["" if r.get(k) is None else (repr(r[k]) if k == "value" else r[k]) for k in RESULT_COLUMNS])
         json_path = self.out_dir / f"results_{self.run_id}.json"
         csv_path = self.out_dir / f"results_{self.run_id}.csv"
-        atomic_write_text(buf.getvalue(), csv_path)
-        atomic_write_text(text, json_path)
-        atomic_write_text(text, self.out_dir / "results_latest.json")
-        atomic_write_text(buf.getvalue(), self.out_dir / "results_latest.csv")
+        try:
+            atomic_write_text(buf.getvalue(), csv_path)
+            atomic_write_text(text, json_path)
+            atomic_write_text(text, self.out_dir / "results_latest.json")
+            atomic_write_text(buf.getvalue(), self.out_dir / "results_latest.csv")
+        except OSError as err:
+            raise UsageError(f"could not write the results to {self.out_dir} ({err.strerror or err}); free space "
+                             f"or pass another --output-dir") from None
         self.out("")
         self.out(f"{len(self.rows)} result rows; forward passes {self.stats['forward_passes']}, cache hits "
                  f"{self.stats['cache_hits']}")

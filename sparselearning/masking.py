@@ -32,6 +32,11 @@ REDISTRIBUTION_MODES = ("none", "magnitude", "momentum")
 SPARSE_INITS = ("ERK", "ER", "uniform", "pruning", "resume")
 
 
+# Optimizers for which a zero gradient at a zero weight with zero state leaves weight and state
+# exactly zero (weight decay included): masking the gradient is enough, no weight pass is needed.
+ZERO_PRESERVING_OPTIMIZERS = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
+
+
 class InvariantError(RuntimeError):
     """A sparse-training invariant was violated (names the layer)."""
 
@@ -139,7 +144,7 @@ class Masking:
                                                      self.generator, p.device)
                           for n, p in self.params.items()}
         self.densities = {n: float(m.float().mean()) for n, m in self.masks.items()}
-        self.budgets = {n: int(m.sum()) for n, m in self.masks.items()}
+        self.budgets = {n: int(torch.count_nonzero(m)) for n, m in self.masks.items()}
         self.explored = {n: m.clone() for n, m in self.masks.items()}
         if self._needs_momentum:
             self.grad_momentum = {n: torch.zeros_like(p) for n, p in self.params.items()}
@@ -160,11 +165,11 @@ class Masking:
         """Zero the weights and their optimizer state outside the masks."""
         masks = self.masks if masks is None else masks
         for name, p in self.params.items():
-            mask = masks[name]
-            p.mul_(mask)
+            inactive = ~masks[name]
+            p.masked_fill_(inactive, 0)
             for value in self.optimizer.state.get(p, {}).values():
                 if torch.is_tensor(value) and value.shape == p.shape:
-                    value.mul_(mask)
+                    value.masked_fill_(inactive, 0)
 
     def is_update_step(self, step: int | None = None) -> bool:
         step = self.steps + 1 if step is None else step
@@ -189,15 +194,18 @@ class Masking:
             moms = [self.grad_momentum[n] for n in self.params]
             torch._foreach_mul_(moms, self.momentum_beta)
             torch._foreach_add_(moms, grads)
-        if not update_now and all(g is not None for g in grads):
-            # masked gradient -> inactive weights and optimizer state stay exactly zero
-            torch._foreach_mul_(grads, [self.masks[n] for n in self.params])
+        if not update_now:
+            # masked gradient -> inactive weights and optimizer state stay exactly zero (one pass)
+            live = [(p.grad, self.masks[n]) for p, n in zip(params, self.params) if p.grad is not None]
+            if live:
+                torch._foreach_mul_([g for g, _ in live], [m for _, m in live])
         (optimizer_step or self.optimizer.step)()
         if update_now:
             # the dense gradient is still in p.grad: use it for growth; everything not kept is zeroed after
             self.truncate_weights(self.current_death_rate())
-        else:
-            torch._foreach_mul_([p.data for p in params], [self.masks[n] for n in self.params])
+        elif not isinstance(self.optimizer, ZERO_PRESERVING_OPTIMIZERS):
+            for p, name in zip(params, self.params):
+                p.detach().masked_fill_(~self.masks[name], 0)
         return update_now
 
     # ------------------------------------------------------------------ topology update
@@ -223,14 +231,14 @@ class Masking:
             after = {n: death.threshold_death(weights[n], old[n], self.threshold) for n in names}
         else:
             rule = death.magnitude_death if self.death_mode == "magnitude" else death.set_death
-            after = {n: rule(weights[n], old[n], death.num_to_remove(int(old[n].sum()), rate)) for n in names}
-        removed = {n: int(old[n].sum()) - int(after[n].sum()) for n in names}
+            after = {n: rule(weights[n], old[n], death.num_to_remove(int(torch.count_nonzero(old[n])), rate)) for n in names}
+        removed = {n: int(torch.count_nonzero(old[n])) - int(torch.count_nonzero(after[n])) for n in names}
         # how many each layer regrows: what it lost, or a share of the total by layer score
         if self.redistribution_mode == "none":
             regrow = removed
         else:
             scores = redistribution.layer_scores(self.redistribution_mode, weights, after, self.grad_momentum)
-            capacity = {n: after[n].numel() - int(after[n].sum()) for n in names}
+            capacity = {n: after[n].numel() - int(torch.count_nonzero(after[n])) for n in names}
             regrow = redistribution.split_budget(scores, sum(removed.values()), capacity)
         # growth
         new = {}
@@ -248,7 +256,7 @@ class Masking:
         self.apply_mask({**self.masks, **after})
         for n in names:
             self.masks[n] = new[n]
-            self.budgets[n] = int(after[n].sum()) + regrow[n]
+            self.budgets[n] = int(torch.count_nonzero(after[n])) + regrow[n]
             self.explored[n] |= new[n]
             if n in self.grad_momentum:
                 self.grad_momentum[n].mul_(new[n])
@@ -265,14 +273,14 @@ class Masking:
         """Per-layer count equals its budget; inactive weights and optimizer state are zero; no NaN."""
         for name, p in self.params.items():
             mask = self.masks[name]
-            if int(mask.sum()) != self.budgets[name]:
-                raise InvariantError(f"{name}: {int(mask.sum())} active weights, budget {self.budgets[name]}")
-            if torch.count_nonzero(p.detach()[~mask]) != 0:
+            if int(torch.count_nonzero(mask)) != self.budgets[name]:
+                raise InvariantError(f"{name}: {int(torch.count_nonzero(mask))} active weights, budget {self.budgets[name]}")
+            if torch.count_nonzero(torch.where(mask, 0, p.detach())) != 0:
                 raise InvariantError(f"{name}: inactive weights are not zero")
             if not torch.isfinite(p.detach()).all():
                 raise InvariantError(f"{name}: weights contain NaN or infinity")
             for key, value in self.optimizer.state.get(p, {}).items():
-                if torch.is_tensor(value) and value.shape == p.shape and torch.count_nonzero(value[~mask]) != 0:
+                if torch.is_tensor(value) and value.shape == p.shape and torch.count_nonzero(torch.where(mask, 0, value)) != 0:
                     raise InvariantError(f"{name}: optimizer state '{key}' is not zero at inactive positions")
 
     def num_active(self) -> int:
@@ -290,10 +298,10 @@ class Masking:
 
     def exploration_rate(self) -> float:
         """In-time over-parameterisation: the fraction of sparse-layer weights ever active."""
-        return sum(int(e.sum()) for e in self.explored.values()) / max(self.num_total(), 1)
+        return sum(int(torch.count_nonzero(e)) for e in self.explored.values()) / max(self.num_total(), 1)
 
     def layer_exploration_rates(self) -> dict[str, float]:
-        return {n: int(e.sum()) / e.numel() for n, e in self.explored.items()}
+        return {n: int(torch.count_nonzero(e)) / e.numel() for n, e in self.explored.items()}
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict:
@@ -337,7 +345,7 @@ class Masking:
         from .distributed import broadcast_masks
 
         broadcast_masks(self.masks, src)
-        self.budgets = {n: int(m.sum()) for n, m in self.masks.items()}
+        self.budgets = {n: int(torch.count_nonzero(m)) for n, m in self.masks.items()}
         self.apply_mask()
 
     def assert_masks_in_sync(self) -> None:

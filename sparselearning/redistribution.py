@@ -16,7 +16,7 @@ def layer_scores(mode: str, weights: Mapping[str, torch.Tensor], masks: Mapping[
     """Per-layer redistribution score: mean |w| ('magnitude') or mean |momentum| ('momentum') of active weights."""
     scores = {}
     for name, mask in masks.items():
-        n = int(mask.sum())
+        n = int(torch.count_nonzero(mask))
         if mode == "magnitude":
             src = weights[name]
         elif mode == "momentum":

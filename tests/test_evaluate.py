@@ -193,7 +193,7 @@ def all_run(world, tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("allrun") / "eval"
     argv = ["--mode", "all", "--resume", str(world["dst"]) + "/", "--data-dir", str(world["data"]),
             "--output-dir", str(out_dir), "--ood-data", "mnist,gaussian,uniform", "--ood-score", "all",
-            "--tsne-samples", "30", "--no-download", "--test-batch-size", "25", "--seed", "18",
+            "--tsne-samples", "30", "--no-download", "--seed", "18",
             "--corruptions", ",".join(GEN_CORRUPTIONS)]
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
@@ -325,6 +325,23 @@ def test_edst_layout_predict_kd_and_first_k(world, tmp_path, capsys):
     kl_rows = [r for r in js["rows"] if r["mode"] == "KD" and r["metric"] == "kl" and "||" in r["member"]]
     assert len(kl_rows) == 6
     assert "== predict" in out and "== KD" in out
+
+
+def test_forward_pass_batching_and_normalisation(world):
+    """Logits do not depend on the batch size, and use the ticket's normalisation (not the spec's)."""
+    from sparselearning.checkpoint import load_ticket, ticket_model
+    from sparselearning.data import get_spec, load_split
+
+    ticket = load_ticket(world["dst"] / "seed=1" / "model.pth")
+    model = ticket_model(ticket)
+    x, _ = load_split("fashionmnist", "test", str(world["data"]), download=False)
+    spec = get_spec("fashionmnist")
+    a = E._forward_logits(model, x, spec, 7, torch.device("cpu"))
+    b = E._forward_logits(model, x, spec, 128, torch.device("cpu"))
+    assert a.shape == (N_TEST, 10) and torch.allclose(a, b, atol=1e-5)
+    with torch.no_grad():
+        ref = model((x.float() / 255 - 0.2860) / 0.3530)
+    assert torch.allclose(a, ref, atol=1e-5)
 
 
 def test_cli_as_printed_in_the_readme(world, tmp_path):
@@ -525,3 +542,29 @@ def test_cli_subprocess_bad_inputs(world, tmp_path):
         _one_line_error(res.returncode, res.stderr, needle)
         assert res.stderr.startswith("ensemble_freetickets.py: error:")
     assert not marker.exists()
+
+
+def test_tickets_from_the_training_engine(tmp_path, capsys):
+    """An EDST run of the real training engine (M=2, snapshots every epoch), evaluated in its own layout."""
+    from conftest import write_fashion_mnist
+    from sparselearning.train import main as train_main
+
+    data = write_fashion_mnist(tmp_path / "data")
+    train_main("EDST", ["--sparse", "--nolrsche", "--epochs", "3", "--epochs-explo", "1", "--model-num", "2",
+                        "--density", "0.2", "--update-frequency", "3", "--save-every", "1", "--model", "cnn-small",
+                        "--data", "fashionmnist", "--data-dir", str(data), "--batch-size", "32",
+                        "--test-batch-size", "64", "--output-dir", str(tmp_path / "results"), "--no-progress",
+                        "--seed", "1"])
+    capsys.readouterr()
+    folder = tmp_path / "results" / "cnn-small" / "fashionmnist" / "density_0.2" / "EDST" / "M=2"
+    code, out, err = _run_main(["--mode", "all", "--resume", str(folder) + "/", "--data-dir", str(data),
+                                "--no-download", "--ood-data", "gaussian", "--corruptions", "contrast",
+                                "--tsne-samples", "20"], capsys)
+    assert code == 0, err
+    js = json.loads((folder / "eval" / "results_latest.json").read_text())
+    assert js["modes_run"] == list(E.MODES)
+    assert [m["name"] for m in js["members"]] == ["seed=1/model_0.pth", "seed=1/model_1.pth"]
+    assert all(m["kind"] == "EDST" and m["density"] == pytest.approx(0.2, abs=0.01) for m in js["members"])
+    assert js["extras"]["tsne"]["runs"] == ["seed=1"] and len(js["extras"]["tsne"]["points"]) == 3 + 2
+    jac = js["extras"]["disagreement"]["mask_jaccard"]
+    assert 0 < jac[0][1] < 1  # re-exploration changed the mask between the two tickets

@@ -12,7 +12,8 @@ from sparselearning.errors import UsageError
 EXPECTED_NAMES = {
     "MLPCIFAR10", "lenet5", "lenet300-100", "alexnet-s", "alexnet-b", "vgg-c", "vgg-d", "vgg-like",
     "wrn-28-2", "wrn-28-10", "wrn-22-8", "wrn-16-8", "wrn-16-10", "resnet18", "resnet34", "resnet50",
-    "cnn-small",
+    "cnn-small", "imagenet-resnet18", "imagenet-resnet34", "imagenet-resnet50", "imagenet-resnet101",
+    "imagenet-resnet152",
 }
 # Models cheap enough to also build for 100 classes and run a train-mode forward/backward.
 CHEAP = ["MLPCIFAR10", "lenet5", "lenet300-100", "alexnet-s", "vgg-like", "wrn-16-8", "cnn-small"]

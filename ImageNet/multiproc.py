@@ -1,0 +1,79 @@
+#!/usr/bin/env python
+"""The paper's launcher, kept so its command line works: it hands everything to torchrun.
+
+    python multiproc.py --nproc_per_node 2 main.py --sparse_init ERK ... --master_port 4545 ... ../data/
+
+becomes
+
+    python -m torch.distributed.run --nproc_per_node 2 --master-port 4545 main.py --sparse_init ERK ... ../data/
+
+Everything before the training script is passed to torchrun unchanged (``--nproc_per_node``,
+``--nnodes``, ``--node_rank``, ``--master_addr``, ``--rdzv-endpoint``, ...). A ``--master_port`` among
+the script's flags (where the paper's line puts it) becomes torchrun's ``--master-port`` unless the
+launcher flags already set one. The script is found relative to the current folder, or else next
+to this file, so ``python ImageNet/multiproc.py ... main.py ...`` also works from the repository
+root. torchrun starts, watches and stops the processes (one failing stops the others); this file
+manages none itself.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+USAGE = "usage: python multiproc.py [torchrun flags, e.g. --nproc_per_node 2] main.py [main.py flags] DATA"
+_PORT_FLAGS = ("--master_port", "--master-port")
+
+
+def _script_index(argv: list[str]) -> int | None:
+    """Position of the training script: the first token ending in .py that is not a flag's value."""
+    for i, token in enumerate(argv):
+        if token.endswith(".py") and not token.startswith("-"):
+            return i
+    return None
+
+
+def _port_in(flags: list[str]) -> str | None:
+    for i, token in enumerate(flags):
+        name, eq, value = token.partition("=")
+        if name in _PORT_FLAGS:
+            if eq:
+                return value
+            if i + 1 < len(flags):
+                return flags[i + 1]
+    return None
+
+
+def torchrun_command(argv: list[str]) -> list[str]:
+    """The torchrun command line for multiproc.py's arguments (ValueError on a line without a script)."""
+    idx = _script_index(argv)
+    if idx is None:
+        raise ValueError("no training script (main.py) in the command line")
+    launcher, script, script_args = list(argv[:idx]), argv[idx], list(argv[idx + 1:])
+    path = Path(script)
+    if not path.is_file() and (Path(__file__).resolve().parent / script).is_file():
+        path = Path(__file__).resolve().parent / script
+    if _port_in(launcher) is None:
+        port = _port_in(script_args)
+        if port is not None:
+            launcher += ["--master-port", port]
+    return [sys.executable, "-m", "torch.distributed.run", *launcher, str(path), *script_args]
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        print(__doc__)
+        sys.exit(0 if argv else 2)
+    try:
+        cmd = torchrun_command(argv)
+    except ValueError as err:
+        print(f"multiproc.py: error: {err}; {USAGE}", file=sys.stderr)
+        sys.exit(2)
+    sys.stdout.flush()
+    os.execv(cmd[0], cmd)  # torchrun replaces this process: its exit status and signals are the launch's
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""ImageNet ResNet-18/34/50/101/152: torchvision's architectures, with the paper's two conv inits.
+
+The networks are ``torchvision.models.resnet*`` built without weights: 7x7 stride-2 stem, BN,
+ReLU, 3x3 stride-2 max-pool, four stages (BasicBlock for 18/34, Bottleneck for 50/101/152),
+global average pool, one Linear classifier. They return logits and accept any input size (the
+pool is adaptive); ``in_channels`` other than 3 replaces the stem conv.
+
+Initialisation (``-c/--model-config`` of ImageNet/main.py):
+
+- ``classic``: every conv weight Kaiming-normal with ``mode='fan_out'`` (ReLU gain);
+- ``fanin``: every conv weight Kaiming-normal with ``mode='fan_in'`` (ReLU gain), the paper's
+  launch line.
+
+In both, BatchNorm weights are 1 and biases 0 (no zero-init of the last BN of a block) and the
+classifier keeps PyTorch's default Linear init. Registered in ``models`` as ``imagenet-resnet18``
+... ``imagenet-resnet152`` (distinct from the CIFAR-style ``resnet18/34/50``), so a ticket built
+from one of these is rebuilt by ``models.get_model``; the init does not matter there because the
+weights are loaded.
+"""
+from __future__ import annotations
+
+import torch.nn as nn
+import torchvision
+
+ARCHS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+INITS: tuple[str, ...] = ("classic", "fanin")
+
+
+def init_weights(model: nn.Module, init: str = "classic") -> None:
+    """Re-initialise conv and BN parameters in place (``classic``: fan_out, ``fanin``: fan_in)."""
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
+    mode = "fan_out" if init == "classic" else "fan_in"
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode=mode, nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+def imagenet_resnet(arch: str = "resnet50", num_classes: int = 1000, in_channels: int = 3,
+                    init: str = "classic") -> nn.Module:
+    """torchvision ResNet ``arch`` for ``num_classes`` classes and ``in_channels``-channel images."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown ImageNet ResNet {arch!r}; choose one of {', '.join(ARCHS)}")
+    model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+    if in_channels != 3:
+        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    init_weights(model, init)
+    return model

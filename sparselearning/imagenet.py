@@ -1,0 +1,178 @@
+"""ImageNet data: ImageFolder roots with ``train/`` and ``val/``, the standard transforms, batches on a device.
+
+Used by ``ImageNet/main.py`` (training, DistributedDataParallel) and meant for
+``ensemble_freetickets.py --data imagenet`` (:func:`imagenet_val_batches`, :func:`imagenet_spec`).
+
+Conventions (torchvision's reference recipe, as the paper's code):
+
+- training: RandomResizedCrop(image_size) + random horizontal flip;
+- validation: Resize(round(image_size / 0.875)) (256 for 224) + CenterCrop(image_size);
+- workers return uint8 tensors; conversion to float and normalisation with the ImageNet mean and
+  std happen on the device (:class:`DeviceBatches`), which keeps host-to-device copies 4x smaller.
+
+ImageNet's official validation set is the held-out set the paper selects tickets on and reports;
+there is no separate test split.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from .data import DatasetSpec
+from .errors import UsageError
+
+__all__ = [
+    "IMAGENET_MEAN", "IMAGENET_STD", "IMAGENET_CLASSES", "VAL_CROP_FRACTION", "check_root", "imagenet_spec",
+    "train_transform", "val_transform", "image_folder", "ShardSampler", "DeviceBatches",
+    "imagenet_val_batches", "first_batches",
+]
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+IMAGENET_CLASSES = 1000
+VAL_CROP_FRACTION = 0.875  # 224 / 256
+
+
+def check_root(root: str | Path) -> Path:
+    """The ImageFolder root, checked to hold train/ and val/ folders (UsageError otherwise)."""
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise UsageError(f"ImageNet root {path} is not a folder; pass the folder that holds train/ and val/")
+    missing = [s for s in ("train", "val") if not (path / s).is_dir()]
+    if missing:
+        raise UsageError(f"ImageNet root {path} has no {' or '.join(s + '/' for s in missing)} folder; it must hold "
+                         f"train/<class>/<image> and val/<class>/<image> (ImageFolder layout)")
+    return path
+
+
+def train_transform(image_size: int):
+    from torchvision import transforms as T
+
+    return T.Compose([T.RandomResizedCrop(image_size, antialias=True), T.RandomHorizontalFlip(), T.PILToTensor()])
+
+
+def val_transform(image_size: int):
+    from torchvision import transforms as T
+
+    resize = max(image_size, int(round(image_size / VAL_CROP_FRACTION)))
+    return T.Compose([T.Resize(resize, antialias=True), T.CenterCrop(image_size), T.PILToTensor()])
+
+
+def image_folder(root: str | Path, split: str, image_size: int, classes: Sequence[str] | None = None):
+    """torchvision ImageFolder of ``root/split`` with the split's transform (uint8 CHW tensors).
+
+    ``classes``: the training classes; the split must have exactly these (the label of a class is
+    its index in the sorted training classes, the same on every split).
+    """
+    from torchvision.datasets import ImageFolder
+
+    folder = check_root(root) / split
+    tf = train_transform(image_size) if split == "train" else val_transform(image_size)
+    try:
+        ds = ImageFolder(str(folder), transform=tf)
+    except (FileNotFoundError, RuntimeError) as err:
+        raise UsageError(f"{folder} is not a usable ImageFolder ({str(err).splitlines()[0][:160]}); it must hold "
+                         f"one sub-folder of images per class") from None
+    if classes is not None and list(ds.classes) != list(classes):
+        extra = sorted(set(ds.classes) - set(classes))[:3]
+        lack = sorted(set(classes) - set(ds.classes))[:3]
+        raise UsageError(f"{folder} has other classes than train/ ({len(ds.classes)} vs {len(classes)}; "
+                         f"extra {extra}, missing {lack}); both splits need the same class folders")
+    return ds
+
+
+def imagenet_spec(num_classes: int = IMAGENET_CLASSES, image_size: int = 224, train_size: int = 1281167,
+                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> DatasetSpec:
+    """A :class:`DatasetSpec` for ImageNet (or an ImageFolder stand-in with ``num_classes`` classes).
+
+    crop_padding/pad_mode/hflip describe no in-memory augmentation (ImageNet is augmented in the
+    data workers), so a BatchLoader built from this spec only normalises.
+    """
+    return DatasetSpec("imagenet", int(num_classes), 3, int(image_size), tuple(float(m) for m in mean),
+                       tuple(float(s) for s in std), int(train_size), 0, "constant", False)
+
+
+class ShardSampler(Sampler[int]):
+    """Indices rank, rank + world, ...: every sample exactly once over all ranks (no padding).
+
+    For evaluation: DistributedSampler pads the last shard with repeated samples, which would
+    count some validation images twice.
+    """
+
+    def __init__(self, size: int, rank: int = 0, world: int = 1):
+        self.size, self.rank, self.world = int(size), int(rank), int(world)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.size, self.world))
+
+    def __len__(self) -> int:
+        return max(0, math.ceil((self.size - self.rank) / self.world))
+
+
+class DeviceBatches:
+    """Wraps a DataLoader of uint8 (x, y): yields float (x - mean) / std and int64 y on ``device``.
+
+    ``num_samples``: the number of training samples over all ranks (what the FLOPs reference of
+    one dense epoch counts); ``len()``: batches per epoch on this rank.
+    """
+
+    def __init__(self, loader: DataLoader, device: torch.device | str, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD, num_samples: int | None = None):
+        self.loader = loader
+        self.device = torch.device(device)
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) * 255
+        self.num_samples = len(loader.dataset) if num_samples is None else int(num_samples)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def set_epoch(self, epoch: int, seed: int) -> None:
+        """Reshuffle (DistributedSampler) and reseed the workers' augmentation for ``epoch``."""
+        sampler = self.loader.sampler
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        self.loader.generator = torch.Generator().manual_seed(seed)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        non_blocking = self.device.type == "cuda"
+        for x, y in self.loader:
+            x = x.to(self.device, non_blocking=non_blocking).float().sub_(self.mean).div_(self.std)
+            yield x, y.to(self.device, non_blocking=non_blocking)
+
+
+def imagenet_val_batches(root: str | Path, image_size: int = 224, batch_size: int = 256,
+                         device: torch.device | str = "cpu", *, mean: Sequence[float] = IMAGENET_MEAN,
+                         std: Sequence[float] = IMAGENET_STD, workers: int = 4,
+                         classes: Sequence[str] | None = None) -> tuple[DeviceBatches, DatasetSpec]:
+    """The validation split of an ImageFolder root as normalised batches on ``device``, in file order.
+
+    Returns (batches, spec): iterate ``batches`` for (x, y); ``spec.num_classes`` is the number of
+    class folders in train/ (1000 for ImageNet). Pass the ticket's normalisation as mean/std.
+    """
+    root = check_root(root)
+    if classes is None:
+        from torchvision.datasets.folder import find_classes
+
+        classes, _ = find_classes(str(root / "train"))
+    ds = image_folder(root, "val", image_size, classes)
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=torch.device(device).type == "cuda")
+    spec = imagenet_spec(len(classes), image_size, 0, mean, std)
+    return DeviceBatches(loader, device, mean, std), spec
+
+
+def first_batches(batches: Iterable, count: int) -> list:
+    """The first ``count`` items of an iterable (for benchmarks on preloaded batches)."""
+    out = []
+    if count <= 0:
+        return out
+    for item in batches:
+        out.append(item)
+        if len(out) >= count:
+            break
+    return out

@@ -1,0 +1,318 @@
+"""ImageNet/: the section-6.4 schedule, flags, launcher, and two-process gloo runs on a tiny ImageFolder.
+
+The distributed runs start real torchrun jobs (2 CPU processes, gloo) on a 3-class ImageFolder of
+40x48 images written here: masks identical on both ranks after every topology update, tickets and
+summary written once by rank 0, a killed run resumed bit-identically, the paper's launch line through
+multiproc.py, and a forced mask mismatch stopping the run.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from models import get_model
+from models.imagenet_resnet import imagenet_resnet
+from sparselearning import checkpoint as ckpt
+from sparselearning.imagenet import IMAGENET_MEAN, IMAGENET_STD, imagenet_val_batches
+
+REPO = Path(__file__).resolve().parents[1]
+MAIN = REPO / "ImageNet" / "main.py"
+CLASSES = ("n01440764", "n01443537", "n01484850")
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+imain = _load("imagenet_main", MAIN)
+multiproc = _load("imagenet_multiproc", REPO / "ImageNet" / "multiproc.py")
+
+
+def write_image_folder(root: Path, train_per_class: int = 16, val_per_class: int = 6, seed: int = 0) -> Path:
+    """train/ and val/ ImageFolders; each class brightens one colour channel (learnable), JPEG and PNG mixed."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, per in (("train", train_per_class), ("val", val_per_class)):
+        for c, name in enumerate(CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per):
+                img = rng.integers(0, 80, (40, 48, 3)).astype(np.uint8)
+                img[..., c] = np.clip(img[..., c].astype(int) + 150, 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(folder / f"img{i}.{'png' if i % 2 else 'JPEG'}")
+    return root
+
+
+@pytest.fixture(scope="module")
+def image_root(tmp_path_factory):
+    return write_image_folder(tmp_path_factory.mktemp("imagenet") / "data")
+
+
+def torchrun(*args, timeout=300, **popen):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(MAIN),
+           *map(str, args)]
+    if popen:
+        return subprocess.Popen(cmd, cwd=REPO, start_new_session=True, **popen)
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def checksums(folder: Path) -> dict[int, list[tuple[int, tuple]]]:
+    out = {}
+    for rank in (0, 1):
+        rows = [json.loads(line) for line in (folder / f"rank{rank}.jsonl").read_text().splitlines()]
+        out[rank] = [(r["update"], tuple(r["checksum"])) for r in rows]
+    return out
+
+
+# ------------------------------------------------------------------------------------------ schedule
+def _paper_lr(e: int) -> float:
+    """Section 6.4, literally: the LR set at the start of 0-based epoch e (warm-up aside)."""
+    lr = 0.1
+    for epoch in range(e + 1):
+        if epoch in (30, 100, 170, 240):
+            lr = 0.01
+        elif epoch in (60, 130, 200, 270):
+            lr = 0.001
+        elif epoch in (90, 160, 230, 300):
+            lr = 0.0001
+        elif epoch == 5:
+            lr = 0.1
+    return lr
+
+
+def test_default_schedule_is_the_papers():
+    args = imain.build_parser().parse_args(["/data"])
+    sched = imain.validate(args)
+    assert sched.epochs == 310 and sched.warmup == 5 and sched.num_tickets == 4
+    assert sched.reexplore == (100, 170, 240)
+    for e in range(5, 310):  # 0-based epoch e is 1-based epoch e + 1
+        assert args.lr * sched.lr_factor(e + 1) == pytest.approx(_paper_lr(e), rel=1e-12), e
+    # phases and the epoch after which each re-exploration runs
+    assert [sched.phase(e + 1) for e in (0, 99, 100, 169, 170, 239, 240, 309)] == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert [e for e in range(1, 311) if sched.reexplore_after(e)] == [100, 170, 240]
+    assert [sched.phase_bounds(k) for k in range(4)] == [(0, 100), (100, 170), (170, 240), (240, 310)]
+    # linear warm-up per iteration over 5 epochs, reaching --lr at the end
+    n = 10
+    fracs = [sched.warmup_fraction(e, i, n) for e in range(1, 6) for i in range(n)]
+    assert fracs[0] == pytest.approx(1 / 50) and fracs[-1] == pytest.approx(1.0)
+    assert all(b > a for a, b in zip(fracs, fracs[1:]))
+    assert sched.warmup_fraction(6, 0, n) == 1.0
+    # the paper's ImageNet sparse defaults
+    assert (args.density, args.sparse_init, args.update_frequency, args.large_death_rate, args.death_rate,
+            args.decay_schedule, args.sparse, args.model) == (0.2, "ERK", 4000, 0.8, 0.5, "cosine", True,
+                                                              "imagenet-resnet50")
+
+
+def test_multiplier_stretches_the_schedule():
+    args = imain.build_parser().parse_args(["/d", "--epochs", "10", "--warmup", "1", "--reexplore-epochs", "4,7",
+                                            "--lr-steps", "2:0.1,4:0.5", "--multiplier", "2"])
+    sched = imain.validate(args)
+    assert (sched.epochs, sched.warmup, sched.reexplore, sched.lr_steps) == (20, 2, (8, 14), ((4, 0.1), (8, 0.5)))
+
+
+def test_paper_launch_line_flags_parse():
+    """The README's flags after main.py (underscore spellings included) parse to the intended values."""
+    line = ("--sparse_init ERK --multiplier 1 --growth gradient --seed 17 --master_port 4545 -j5 -p 500 "
+            "--arch resnet50 -c fanin --update_frequency 4000 --label-smoothing 0.1 -b 64 --lr 0.1 --warmup 5 "
+            "--epochs 310 --density 0.2 ../data/").split()
+    parser = imain.build_parser()
+    args = parser.parse_args(imain.normalise_spellings(parser, line))
+    assert (args.sparse_init, args.growth, args.seed, args.master_port, args.workers, args.print_freq) == \
+        ("ERK", "gradient", 17, 4545, 5, 500)
+    assert (args.arch, args.model_config, args.update_frequency, args.label_smoothing, args.batch_size) == \
+        ("resnet50", "fanin", 4000, 0.1, 64)
+    assert (args.lr, args.warmup, args.epochs, args.density, args.data) == (0.1, 5, 310, 0.2, "../data/")
+    more = parser.parse_args(imain.normalise_spellings(parser, [
+        "--death_rate=0.3", "--large_death_rate", "0.7", "--local-rank=1", "--prune-rate", "0.4", "--wd", "5e-5",
+        "--fp16", "x"]))
+    assert (more.death_rate, more.large_death_rate, more.local_rank, more.weight_decay, more.amp) == \
+        (0.4, 0.7, 1, 5e-5, True)
+
+
+def test_multiproc_forwards_to_torchrun():
+    cmd = multiproc.torchrun_command(["--nproc_per_node", "2", "main.py", "--seed", "17", "--master_port", "4545",
+                                      "-j5", "../data/"])
+    assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert cmd[3:7] == ["--nproc_per_node", "2", "--master-port", "4545"]
+    assert cmd[7] == str(REPO / "ImageNet" / "main.py") or cmd[7] == "main.py"
+    assert cmd[8:] == ["--seed", "17", "--master_port", "4545", "-j5", "../data/"]
+    # a launcher port wins; the script keeps its flags untouched
+    cmd = multiproc.torchrun_command(["--nnodes", "2", "--master_port=5000", "main.py", "--master_port", "4545"])
+    assert "--master-port" not in cmd and "--master_port=5000" in cmd
+    with pytest.raises(ValueError):
+        multiproc.torchrun_command(["--nproc_per_node", "2"])
+
+
+# ------------------------------------------------------------------------------------------ model and data
+def test_imagenet_resnets_registered_and_initialised():
+    model = get_model("imagenet-resnet50", num_classes=1000, in_channels=3, image_size=224)
+    assert sum(p.numel() for p in model.parameters()) == 25_557_032  # torchvision's ResNet-50
+    assert get_model("imagenet-resnet18", 3, 3, 32)(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+    torch.manual_seed(0)
+    fanin = imagenet_resnet("resnet50", 10, init="fanin")
+    torch.manual_seed(0)
+    classic = imagenet_resnet("resnet50", 10, init="classic")
+    w_in, w_out = fanin.layer1[0].conv1.weight, classic.layer1[0].conv1.weight  # 1x1 conv 64 -> 64 ...
+    w_in, w_out = fanin.layer4[0].conv1.weight, classic.layer4[0].conv1.weight  # 1x1 conv 1024 -> 512
+    assert w_in.std().item() == pytest.approx((2 / 1024) ** 0.5, rel=0.05)  # fan_in = 1024
+    assert w_out.std().item() == pytest.approx((2 / 512) ** 0.5, rel=0.05)  # fan_out = 512
+    bns = [m for m in fanin.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(torch.all(m.weight == 1) and torch.all(m.bias == 0) for m in bns)
+
+
+def test_val_batches_for_the_evaluator(image_root):
+    batches, spec = imagenet_val_batches(image_root, image_size=32, batch_size=5, device="cpu", workers=0)
+    assert spec.num_classes == 3 and spec.image_size == 32 and spec.mean == IMAGENET_MEAN and spec.std == IMAGENET_STD
+    xs, ys = zip(*batches)
+    x, y = torch.cat(xs), torch.cat(ys)
+    assert x.shape == (18, 3, 32, 32) and x.dtype == torch.float32 and y.tolist() == sorted(y.tolist())
+    assert -3 < float(x.min()) < 0 < float(x.max()) < 3  # normalised
+
+
+def test_bad_input_is_one_line_and_writes_nothing(image_root, tmp_path):
+    out = tmp_path / "results"
+    for extra in (["--epochs", "4"],  # the paper's re-exploration epochs do not fit 4 epochs
+                  ["--epochs", "4", "--reexplore-epochs", "2", "--lr-steps", "x"],
+                  ["--epochs", "4", "--reexplore-epochs", "2", "-b", "1000"]):
+        r = subprocess.run([sys.executable, str(MAIN), "-a", "resnet18", "--image-size", "32", "--output-dir", str(out),
+                            *extra, str(image_root)], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, str(MAIN), str(tmp_path / "nowhere")], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2 and "train/ and val/" in r.stderr
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------ two ranks
+COMMON = ["-a", "resnet18", "--image-size", "32", "-b", "4", "-j", "1", "--epochs", "3", "--warmup", "1",
+          "--reexplore-epochs", "2", "--lr-steps", "1:0.5", "--lr", "0.02", "--update-frequency", "3", "-p", "2",
+          "--density", "0.2"]
+RUN_DIR = "imagenet-resnet18/imagenet/density_0.2/EDST/M=2/seed=17"
+
+
+@pytest.mark.slow
+def test_two_ranks_masks_in_sync_tickets_once_and_resume(image_root, tmp_path):
+    # 1. an uninterrupted reference run
+    ref = tmp_path / "ref"
+    r = torchrun(*COMMON, "--output-dir", ref, "--debug-mask-checksums", tmp_path / "ck_ref", image_root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ref_dir = ref / RUN_DIR
+    # masks identical on both ranks at init, after every periodic update and after the re-exploration
+    ck = checksums(tmp_path / "ck_ref")
+    assert ck[0] == ck[1]
+    updates = [u for u, _ in ck[0]]
+    assert updates == list(range(0, 8))  # init, 2 updates in each of 3 epochs, 1 re-exploration
+    assert len({c for _, c in ck[0]}) == len(ck[0])  # the topology changed at every update
+    # rank 0 alone wrote: two tickets, summary, last.pth, and each log line once
+    assert sorted(p.name for p in ref_dir.iterdir() if not p.name.startswith(".")) == \
+        ["last.pth", "model_0.pth", "model_1.pth", "summary.json", "train.log"]
+    log = (ref_dir / "train.log").read_text()
+    for e in (1, 2, 3):
+        assert log.count(f"epoch {e}/3 lr") == 1
+    assert log.count("started") == 1 and log.count("re-exploration q=0.8") == 1
+    summary = json.loads((ref_dir / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["distributed"]["world_size"] == 2
+    assert summary["distributed"]["backend"] == "gloo"
+    assert [t["file"] for t in summary["tickets"]] == ["model_0.pth", "model_1.pth"]
+    assert [h["epoch"] for h in summary["history"]] == [1, 2, 3]
+    assert summary["schedule"]["phases"] == [[0, 2], [2, 3]]
+    assert all(h["val_top5"] == 1.0 for h in summary["history"])  # 3 classes: top-5 is trivially right
+    assert summary["dataset"]["val_images"] == 18
+    for k, ticket_file in enumerate(("model_0.pth", "model_1.pth")):
+        ticket = ckpt.load_ticket(ref_dir / ticket_file)
+        assert (ticket["model"], ticket["dataset"], ticket["num_classes"], ticket["image_size"]) == \
+            ("imagenet-resnet18", "imagenet", 3, 32)
+        assert ticket["normalization"] == {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+        assert ticket["ticket_index"] == k and ticket["class_names"] == list(CLASSES)
+        assert 0.19 < ticket["density"] < 0.21
+        model = ckpt.ticket_model(ticket)
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+
+    # 2. the same run killed during epoch 2 and resumed
+    out = tmp_path / "killed"
+    run_dir = out / RUN_DIR
+    proc = torchrun(*COMMON, "--output-dir", out, image_root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        try:
+            if len(json.loads((run_dir / "summary.json").read_text())["history"]) >= 1:
+                break
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            pass
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # torchrun, both ranks and their data workers
+    proc.wait()
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "running"
+    r = torchrun(*COMMON, "--output-dir", out, "--debug-mask-checksums", tmp_path / "ck_resumed", "--resume",
+                 image_root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed" in r.stdout
+    resumed = json.loads((run_dir / "summary.json").read_text())
+    assert resumed["status"] == "finished"
+    assert resumed["history"] == summary["history"]
+    ck2 = checksums(tmp_path / "ck_resumed")
+    assert ck2[0] == ck2[1] and set(ck2[0]) <= set(ck[0])  # the same topologies as the uninterrupted run
+    for name in ("model_0.pth", "model_1.pth"):
+        a, b = ckpt.load_ticket(ref_dir / name), ckpt.load_ticket(run_dir / name)
+        sa, sb = ckpt.ticket_state_dict(a), ckpt.ticket_state_dict(b)
+        assert all(torch.equal(sa[k], sb[k]) for k in sa), name
+    # an existing run is not overwritten without --resume/--overwrite
+    r = subprocess.run([sys.executable, str(MAIN), *COMMON, "--output-dir", str(out), str(image_root)], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--resume" in r.stderr and "--overwrite" in r.stderr
+
+
+@pytest.mark.slow
+def test_paper_launch_line_through_multiproc(image_root, tmp_path):
+    """The README line, with the epochs, warm-up, batch and image size made tiny and a free port."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    line = (f"--nproc_per_node 2 main.py --sparse_init ERK --multiplier 1 --growth gradient --seed 17 "
+            f"--master_port {port} -j5 -p 500 --arch resnet50 -c fanin --update_frequency 4000 "
+            f"--label-smoothing 0.1 -b 4 --lr 0.1 --warmup 1 --epochs 2 --density 0.2").split()
+    line += ["--reexplore-epochs", "1", "--image-size", "32", "--output-dir", str(tmp_path / "out"), f"{image_root}/"]
+    r = subprocess.run([sys.executable, "multiproc.py", *line], cwd=REPO / "ImageNet", capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run_dir = tmp_path / "out" / "imagenet-resnet50/imagenet/density_0.2/EDST/M=2/seed=17"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["distributed"]["world_size"] == 2
+    assert summary["flags"]["model_config"] == "fanin" and summary["flags"]["sparse_init"] == "ERK"
+    assert summary["flags"]["update_frequency"] == 4000
+    assert [t["file"] for t in summary["tickets"]] == ["model_0.pth", "model_1.pth"]
+    assert "initial masks: masks identical on 2 rank(s)" in (run_dir / "train.log").read_text()
+    assert ckpt.load_ticket(run_dir / "model_1.pth")["model"] == "imagenet-resnet50"
+
+
+@pytest.mark.slow
+def test_forced_mask_mismatch_stops_the_run(image_root, tmp_path):
+    out = tmp_path / "out"
+    r = torchrun(*COMMON, "--output-dir", out, "--debug-mask-checksums", tmp_path / "ck",
+                 "--debug-desync-at-update", "1", image_root)
+    assert r.returncode != 0
+    assert "masks differ between ranks" in r.stderr
+    ck = checksums(tmp_path / "ck")
+    assert ck[0][0] == ck[1][0]  # the initial masks agreed
+    assert ck[0][1][0] == ck[1][1][0] == 1 and ck[0][1][1] != ck[1][1][1]  # update 1 differed: detected there
+    summary = json.loads((out / RUN_DIR / "summary.json").read_text())
+    assert summary["status"] == "failed: masks differ between ranks"
+    assert not list((out / RUN_DIR).glob("model_*.pth"))  # stopped within the first epoch
