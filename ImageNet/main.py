@@ -115,6 +115,7 @@ def build_parser() -> OneLineArgumentParser:
     g.add_argument("--overwrite", action="store_true", help="replace an existing run in the run folder")
     g.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
                    help="continue the interrupted run in the run folder (or from CHECKPOINT, a last.pth)")
+    g.add_argument("--resume-run", dest="resume", action="store_const", const=True, help=argparse.SUPPRESS)
     g.add_argument("-p", "--print-freq", type=int, default=100, help="log every N iterations (rank 0)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (it only shows on a terminal)")
     g = parser.add_argument_group("distributed (torchrun's environment wins)")
@@ -146,7 +147,11 @@ def build_parser() -> OneLineArgumentParser:
 
 
 def normalise_spellings(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
-    """Accept --sparse_init for --sparse-init (and the reverse): the paper's launch line uses underscores."""
+    """Accept --sparse_init for --sparse-init (and the reverse): the paper's launch line uses underscores.
+
+    Also keeps ``--resume DATA_DIR`` meaning "resume, data in DATA_DIR": --resume takes the next
+    token as its checkpoint only when that is a file or ends in .pth/.pt.
+    """
     known = parser._option_string_actions  # every option string the parser accepts
     out = []
     for i, token in enumerate(argv):
@@ -160,6 +165,10 @@ def normalise_spellings(parser: argparse.ArgumentParser, argv: list[str]) -> lis
                         name = alt
                         break
             token = name + eq + value
+            nxt = argv[i + 1] if i + 1 < len(argv) else ""
+            if name == "--resume" and not eq and nxt and not nxt.startswith("-") and not (
+                    Path(nxt).is_file() or nxt.endswith((".pth", ".pt"))):
+                token = "--resume-run"  # plain --resume; the next token stays the data root
         out.append(token)
     return out
 
