@@ -470,8 +470,10 @@ def main(script: str, argv: list[str] | None = None) -> dict:
             for old in [*run.run_dir.glob("model*.pth"), *run.run_dir.glob("snapshots/*.pth"),
                         *(run.run_dir / n for n in ("last.pth", "summary.json", "train.log"))]:
                 old.unlink(missing_ok=True)
-        run.log(f"main_{script}.py started {datetime.datetime.now().isoformat(timespec='seconds')} on "
-                f"{run.device}: {' '.join(f'--{k}={v}' for k, v in sorted(run.fingerprint().items()))}")
+        defaults = vars(build_parser(script).parse_args([]))
+        changed = " ".join(f"--{k}={v}" for k, v in sorted(run.fingerprint().items()) if defaults.get(k) != v)
+        run.log(f"main_{script}.py started {datetime.datetime.now().isoformat(timespec='seconds')} on {run.device}: "
+                f"{changed} (all flags in summary.json)")
         try:
             return run.train()
         except NonFiniteLossError as err:
