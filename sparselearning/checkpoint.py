@@ -47,8 +47,8 @@ def unpack_mask(packed: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- atomic I/O
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over `path`.
+def _atomic_write(path: str | os.PathLike, write, mode: str) -> None:
+    """Write through `write(fh)` to a temporary file in the same folder, fsync, then rename over `path`.
 
     A crash at any moment leaves either the old file or the new one, never a partial file.
     """
@@ -56,8 +56,8 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
+        with os.fdopen(fd, mode) as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -77,23 +77,14 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
         pass
 
 
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save, atomically."""
+    _atomic_write(path, lambda fh: torch.save(obj, fh), "wb")
+
+
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:
-    """Write a text file (JSON, CSV) atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """Write a text file (JSON, CSV), atomically."""
+    _atomic_write(path, lambda fh: fh.write(text), "w")
 
 
 def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
