@@ -63,7 +63,7 @@ from sparselearning.imagenet import (DeviceBatches, ShardSampler, check_root, fi
                                      imagenet_spec)
 from sparselearning.masking import DEATH_MODES, Masking
 from sparselearning.schedules import death_rate as scheduled_death_rate
-from sparselearning.train import (RESUME_FREE_FLAGS, NonFiniteLossError, Run, RunLock, autocast_context,
+from sparselearning.train import (NonFiniteLossError, Run, RunLock, autocast_context,
                                   dense_gradients, evaluate_model, fmt_density, pick_device, train_one_epoch)
 
 PROG = "ImageNet/main.py"
@@ -245,6 +245,12 @@ def validate(args: argparse.Namespace) -> EDSTSchedule:
     """Range and consistency checks (UsageError naming the flag); returns the schedule."""
     if args.no_cuda:
         args.device = "cpu"
+    for name, value in vars(args).items():  # inf/nan would pass (or break) the range checks below
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+    if args.resume and args.overwrite:
+        raise UsageError("--resume and --overwrite contradict each other: --resume continues the run in the folder, "
+                         "--overwrite replaces it; pass one of them")
     for name in ("epochs", "batch_size", "multiplier", "print_freq", "update_frequency", "bench_iterations"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
@@ -385,7 +391,10 @@ class RankCheckedMasking(Masking):
             with open(self.checksum_file, "a") as fh:
                 fh.write(json.dumps({"rank": self.rank, "update": self.num_updates, "step": self.steps,
                                      "event": event, "checksum": checksum}) + "\n")
-        self.assert_masks_in_sync()
+        try:
+            self.assert_masks_in_sync()
+        except MaskDesyncError as err:
+            raise MaskDesyncError(f"{err}; detected at {event}") from None
         if self.on_check is not None:
             self.on_check(event, checksum)
 
@@ -597,9 +606,24 @@ class ImageNetRun(Run):
             self.ddp = DistributedDataParallel(self.model, device_ids=[self.device.index] if cuda else None)
         else:
             self.ddp = self.model
+        self.check_ranks_agree()
         if self.masking is not None:
             self.masking.broadcast_masks(src=0)
             self.masking.check_sync("initial masks")
+
+    def check_ranks_agree(self) -> None:
+        """Every rank resumed the same epoch and step and sees the same data (else the ranks would hang)."""
+        if self.env.world == 1:
+            return
+        mine = torch.tensor([self.epoch, self.masking.steps if self.masking else 0, self.spec.train_size,
+                             self.spec.num_classes, len(self.val_set)], dtype=torch.int64)
+        lo, hi = mine.to(_collective_device(self.device)), mine.to(_collective_device(self.device))
+        dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+        dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+        if not torch.equal(lo, hi):
+            raise UsageError(f"the processes disagree on (epoch, step, train images, classes, val images): rank "
+                             f"{self.env.rank} has {mine.tolist()}; every node must see the same data root and, "
+                             f"for --resume, the same run folder (a shared filesystem)")
 
     def close(self) -> None:
         if dist.is_initialized():
@@ -784,7 +808,11 @@ def main(argv: list[str] | None = None) -> dict | list:
         except NonFiniteLossError as err:
             run.write_summary("failed: non-finite loss")
             raise UsageError(str(err)) from None
-        except MaskDesyncError:
+        except OSError as err:  # e.g. train.log on a full disk (checkpoints raise ckpt.WriteError themselves)
+            raise UsageError(f"could not write {err.filename or run.run_dir} ({err.strerror or err}); the last "
+                             f"complete checkpoint is intact - free disk space, then add --resume") from None
+        except MaskDesyncError as err:
+            run.log(f"error: {err}")
             run.write_summary("failed: masks differ between ranks")
             raise
         finally:

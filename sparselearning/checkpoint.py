@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -47,25 +49,41 @@ def unpack_mask(packed: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- atomic I/O
+class WriteError(UsageError):
+    """A file could not be written (full disk, unwritable folder); any earlier version of it is intact."""
+
+    def __init__(self, path: Path, err: OSError):
+        super().__init__(f"could not write {path} ({err.strerror or err}); any earlier version of it is intact - "
+                         f"free disk space or choose a writable output folder, then run the command again "
+                         f"(training: add --resume)")
+
+
 def _atomic_write(path: str | os.PathLike, write, mode: str) -> None:
     """Write through `write(fh)` to a temporary file in the same folder, fsync, then rename over `path`.
 
-    A crash at any moment leaves either the old file or the new one, never a partial file.
+    A crash at any moment leaves either the old file or the new one, never a partial file (a killed
+    writer can leave a hidden ``.<name>.*.tmp``, which no loader reads and RunLock removes). An
+    OSError (full disk, unwritable folder) becomes a WriteError naming `path`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise WriteError(path, err) from None
     try:
         with os.fdopen(fd, mode) as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError):
+            raise WriteError(path, exc) from None
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -90,15 +108,26 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> None:
 def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
     """torch.load with weights_only=True; any unreadable or unsafe file becomes a UsageError."""
     path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder, not a checkpoint file; pass the .pth file")
     if not path.is_file():
         raise UsageError(f"checkpoint {path} does not exist; check the path")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # e.g. torch's pickle-protocol warning: keep errors to one stderr line
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        raise UsageError(f"{path} was refused: it is not a plain-tensor checkpoint and loading it could run "
-                         f"code ({str(err).splitlines()[0][:120]}); use a checkpoint written by these scripts") from None
+        text = " ".join(str(err).split())
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if unsafe:
+            raise UsageError(f"{path} was refused: loading it would call {unsafe.group(1)}, so it could run code; "
+                             f"use a checkpoint written by these scripts") from None
+        detail = re.search(r"WeightsUnpickler error: (.{1,80}?)(?: Check the documentation|$)", text)
+        raise UsageError(f"{path} is not a plain-tensor PyTorch checkpoint ("
+                         f"{detail.group(1) if detail else text[:120]}); it may be truncated, foreign or unsafe - use "
+                         f"a checkpoint written by these scripts") from None
     except Exception as err:  # truncated or foreign files fail in many ways inside the unpickler
-        msg = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        msg = " ".join(str(err).split()).split(". ")[0][:160] or type(err).__name__
         raise UsageError(f"{path} is not a readable checkpoint ({msg}); it may be truncated or not a "
                          f"PyTorch file - use a complete checkpoint written by these scripts") from None
 

@@ -6,6 +6,7 @@ printed. Flags that did nothing in the original are accepted and marked "(ignore
 from __future__ import annotations
 
 import argparse
+import math
 
 from .errors import OneLineArgumentParser, UsageError
 from .masking import DEATH_MODES, GROWTH_MODES, REDISTRIBUTION_MODES
@@ -110,6 +111,14 @@ def validate(script: str, args: argparse.Namespace) -> None:
         raise UsageError(f"unknown model {args.model!r}; choose one of: {', '.join(MODEL_NAMES)}")
     if args.data not in SPECS:
         raise UsageError(f"unknown dataset {args.data!r}; choose one of: {', '.join(SPECS)}")
+
+    for name, value in vars(args).items():  # inf/nan pass the range checks below (or make them pass)
+        if isinstance(value, float) and not math.isfinite(value):
+            flag = name if name == "valid_split" else name.replace("_", "-")
+            raise UsageError(f"--{flag} must be a finite number, got {value}")
+    if args.resume and args.overwrite:
+        raise UsageError("--resume and --overwrite contradict each other: --resume continues the run in the folder, "
+                         "--overwrite replaces it; pass one of them")
 
     def positive(name, value):
         if value < 1:

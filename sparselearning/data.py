@@ -274,7 +274,14 @@ def load_split(name: str, split: str, data_dir: str | None = None,
     hit = _CACHE.get(key)
     if hit is not None:
         return hit
-    out = _read(key_name, split, files)
+    try:
+        out = _read(key_name, split, files)
+    except UsageError:
+        raise
+    except Exception as err:  # truncated gzip/pickle streams, foreign files: one line, not a traceback
+        raise UsageError(f"cannot read the {_PRETTY[key_name]} {split} files in {files[0].parent} "
+                         f"({_one_line(err)}); they are damaged or not the dataset - delete them and "
+                         f"re-download") from None
     if len(_CACHE) >= _CACHE_MAX:
         _CACHE.pop(next(iter(_CACHE)))
     _CACHE[key] = out

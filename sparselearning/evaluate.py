@@ -496,17 +496,21 @@ class Evaluator:
             if e.ticket.get("role") == "snapshot":
                 self.out(f"warning: {e.name} is a per-epoch snapshot, not a selected ticket; it is evaluated "
                          f"as a member (snapshots belong in a snapshots/ folder)")
-        self.spec = D.get_spec(self.dataset)
         t0 = self.members[0].ticket
-        if int(t0["num_classes"]) != self.spec.num_classes:
-            raise UsageError(f"{self.members[0].name} has {t0['num_classes']} classes but {self.dataset} has "
-                             f"{self.spec.num_classes}; the ticket's dataset entry is wrong")
-        self.num_classes = self.spec.num_classes
-        self.test_images, self.test_labels = D.load_split(self.dataset, "test", c.data_dir, c.download)
-        self.n_test = int(self.test_labels.shape[0])
         self.M = len(self.members)
-
         self.modes = list(c.modes)
+        if self.dataset == "imagenet":
+            self._prepare_imagenet(t0)
+        else:
+            self.spec = D.get_spec(self.dataset)
+            if int(t0["num_classes"]) != self.spec.num_classes:
+                raise UsageError(f"{self.members[0].name} has {t0['num_classes']} classes but {self.dataset} has "
+                                 f"{self.spec.num_classes}; the ticket's dataset entry is wrong")
+            self.test_images, self.test_labels = D.load_split(self.dataset, "test", c.data_dir, c.download)
+            self._test_key = f"test-{_fingerprint(self.test_images, self.test_labels)}"
+        self.num_classes = self.spec.num_classes
+        self.n_test = int(self.test_labels.shape[0])
+
         for mode in ("disagreement", "KD"):
             if mode in self.modes and self.M < 2:
                 self._skip_or_fail(mode, f"needs at least 2 tickets, found {self.M} under {root}",
@@ -524,6 +528,39 @@ class Evaluator:
             self._prepare_corruption()
         if "ood" in self.modes:
             self._prepare_ood()
+
+    def _prepare_imagenet(self, t0: dict) -> None:
+        """ImageNet's val split is streamed from the ImageFolder root (too large to hold in memory)."""
+        from .imagenet import IMAGENET_MEAN, IMAGENET_STD, image_folder, imagenet_spec
+
+        if not self.cfg.data_dir:
+            raise UsageError("--data imagenet needs --data-dir: the ImageNet root holding train/ and val/")
+        size = int(t0["image_size"])
+        val = image_folder(self.cfg.data_dir, "val", size, t0.get("class_names"))
+        norm = t0.get("normalization") or {}
+        self.spec = imagenet_spec(int(t0["num_classes"]), size, 0, norm.get("mean", IMAGENET_MEAN),
+                                  norm.get("std", IMAGENET_STD))
+        self.test_images = None
+        self.test_labels = torch.tensor(val.targets, dtype=torch.int64)
+        self._test_key = "test-" + hashlib.sha1("\n".join(p for p, _ in val.samples).encode()).hexdigest()[:12]
+        for mode in ("ood", "corruption", "tsne"):
+            if mode in self.modes:
+                self._skip_or_fail(mode, "is not available for ImageNet here",
+                                   "use predict, disagreement, calibration or KD")
+                self.modes.remove(mode)
+
+    def _imagenet_logits(self, e: Entry, model: torch.nn.Module) -> torch.Tensor:
+        from .imagenet import imagenet_val_batches
+
+        spec = self._spec_for(e)
+        batches, _ = imagenet_val_batches(self.cfg.data_dir, spec.image_size, self.cfg.test_batch_size, self.device,
+                                          mean=spec.mean, std=spec.std, classes=e.ticket.get("class_names"))
+        outs = []
+        with torch.inference_mode(), _progress(self.n_test, f"{e.name} on imagenet val") as bar:
+            for x, _ in batches:
+                outs.append(model(x).float().cpu())
+                bar.update(x.shape[0])
+        return torch.cat(outs)
 
     def _prepare_corruption(self) -> None:
         from . import data as D
@@ -661,10 +698,13 @@ class Evaluator:
                 pass
             self.out(f"note: cache file {path} was unreadable or stale; recomputing it")
         t = e.ticket
-        images = _adapt_images(source.images(), int(t["in_channels"]), int(t["image_size"]))
         model = self._model(e, keep_model)
-        out = _forward_logits(model, images, self._spec_for(e), self.cfg.test_batch_size, self.device,
-                              desc=f"{e.name} on {source.desc}")
+        if self.dataset == "imagenet" and source.key == self._test_source.key:
+            out = self._imagenet_logits(e, model)
+        else:
+            images = _adapt_images(source.images(), int(t["in_channels"]), int(t["image_size"]))
+            out = _forward_logits(model, images, self._spec_for(e), self.cfg.test_batch_size, self.device,
+                                  desc=f"{e.name} on {source.desc}")
         self.stats["forward_passes"] += 1
         if out.shape != (source.n, self.num_classes):
             raise UsageError(f"{e.name} produced logits of shape {tuple(out.shape)} on {source.desc}, expected "
@@ -1227,7 +1267,7 @@ class Evaluator:
         except OSError as err:
             raise UsageError(f"cannot write to the output folder {self.out_dir} ({err.strerror or err}); pass a "
                              f"writable --output-dir") from None
-        self._test_source = Source(key=f"test-{_fingerprint(self.test_images, self.test_labels)}", n=self.n_test,
+        self._test_source = Source(key=self._test_key, n=self.n_test,
                                    labels=self.test_labels,
                                    make_images=lambda: self.test_images, desc=f"{self.dataset} test")
         self.out(f"evaluating {self.M} ticket(s) of {self.model_name} on {self.dataset} ({self.n_test} test images) "

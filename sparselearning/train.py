@@ -61,6 +61,15 @@ def autocast_context(device: torch.device, enabled: bool):
     return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
 
 
+def _file_id(path: Path) -> tuple | None:
+    """Identity of a file's current version (an atomic replace changes it)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def fmt_density(d: float) -> str:
     return f"{round(d, 6):g}"
 
@@ -79,21 +88,31 @@ def run_dir_for(script: str, args: argparse.Namespace) -> Path:
 
 
 class RunLock:
-    """An exclusive lock on the run folder: two runs cannot write into one folder at once."""
+    """An exclusive lock on the run folder: two runs cannot write into one folder at once.
+
+    Once held, it removes the hidden ``.<name>.*.tmp`` files that a killed writer (SIGKILL in the
+    middle of an atomic save) left behind: no other process can be writing them.
+    """
 
     def __init__(self, run_dir: Path):
         self.path = run_dir / ".lock"
         self.fh = None
 
     def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fh = open(self.path, "a")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.fh = open(self.path, "a")
+        except OSError as err:
+            raise UsageError(f"cannot write into the run folder {self.path.parent} ({err.strerror or err}); pass a "
+                             f"writable --output-dir") from None
         try:
             fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self.fh.close()
             raise UsageError(f"another run is writing into {self.path.parent}; wait for it or use another "
                              f"--output-dir") from None
+        for stale in (*self.path.parent.glob(".*.tmp"), *self.path.parent.glob("snapshots/.*.tmp")):
+            stale.unlink(missing_ok=True)
         return self
 
     def __exit__(self, *exc):
@@ -210,23 +229,35 @@ class Run:
 
     # -- building
     def check_output_folder(self) -> Path | None:
-        """Refuse to overwrite another run; return the checkpoint to resume from, if any."""
+        """Refuse to overwrite another run; return the checkpoint to resume from, if any.
+
+        Nothing is written here; a checkpoint to resume from is loaded and checked now (kept for
+        restore), so a bad one fails before the run folder is touched.
+        """
         args, last = self.args, self.run_dir / "last.pth"
+        for folder in (self.run_dir, *self.run_dir.parents):
+            if folder.exists():
+                if not folder.is_dir():
+                    raise UsageError(f"cannot create the run folder {self.run_dir}: {folder} is a file; pass "
+                                     f"another --output-dir")
+                break
         if isinstance(args.resume, str):
             path = Path(args.resume)
             if not path.is_file():
                 raise UsageError(f"--resume {path}: no such checkpoint; give the run's last.pth or plain --resume")
-            return path
-        if args.resume:
-            if last.is_file():
-                return last
-            print(f"note: nothing to resume in {self.run_dir}; starting a new run")
+        elif args.resume:
+            if not last.is_file():
+                print(f"note: nothing to resume in {self.run_dir}; starting a new run")
+                return None
+            path = last
+        else:
+            existing = [p.name for p in (last, self.run_dir / "summary.json") if p.exists()]
+            if existing and not args.overwrite:
+                raise UsageError(f"{self.run_dir} already holds a run ({', '.join(existing)}); continue it with "
+                                 f"--resume, replace it with --overwrite, or choose another --output-dir/--seed")
             return None
-        existing = [p.name for p in (last, self.run_dir / "summary.json") if p.exists()]
-        if existing and not args.overwrite:
-            raise UsageError(f"{self.run_dir} already holds a run ({', '.join(existing)}); continue it with --resume, "
-                             f"replace it with --overwrite, or choose another --output-dir/--seed")
-        return None
+        self._resume_cache = (path, _file_id(path), self.load_resume(path))
+        return path
 
     def build(self) -> None:
         args = self.args
@@ -312,15 +343,24 @@ class Run:
             "history": self.history, "flops": self.flops.state_dict(), "elapsed": self.elapsed,
         }
 
-    def restore(self, path: Path) -> None:
+    def load_resume(self, path: Path) -> dict:
+        """A resume checkpoint, loaded safely and checked to come from this script with these flags."""
         state = ckpt.safe_load(path, map_location="cpu")
         if not isinstance(state, dict) or state.get("format") != ckpt.RESUME_FORMAT:
             raise UsageError(f"{path} is not a resume checkpoint of these scripts; pass the run's last.pth")
-        if state["script"] != self.script or state["flags"] != self.fingerprint():
-            diff = sorted(k for k in set(state["flags"]) | set(self.fingerprint())
-                          if state["flags"].get(k) != self.fingerprint().get(k))
+        flags = state.get("flags") if isinstance(state.get("flags"), dict) else {}
+        if state.get("script") != self.script or flags != self.fingerprint():
+            diff = sorted(k for k in set(flags) | set(self.fingerprint()) if flags.get(k) != self.fingerprint().get(k))
             raise UsageError(f"{path} was written by a run with other settings (differs in: "
                              f"{', '.join(diff) or 'script'}); resume with the same flags or start over with --overwrite")
+        return state
+
+    def restore(self, path: Path) -> None:
+        cached, self._resume_cache = getattr(self, "_resume_cache", None), None
+        if cached is not None and cached[0] == path and cached[1] == _file_id(path):
+            state = cached[2]  # checked by check_output_folder, and the file is unchanged since
+        else:
+            state = self.load_resume(path)
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -479,3 +519,6 @@ def main(script: str, argv: list[str] | None = None) -> dict:
         except NonFiniteLossError as err:
             run.write_summary("failed: non-finite loss")
             raise UsageError(str(err)) from None
+        except OSError as err:  # e.g. train.log on a full disk (checkpoints raise ckpt.WriteError themselves)
+            raise UsageError(f"could not write {err.filename or run.run_dir} ({err.strerror or err}); the last "
+                             f"complete checkpoint is intact - free disk space, then add --resume") from None

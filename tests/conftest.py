@@ -96,3 +96,52 @@ def run_script(*args, cwd=None, timeout=600):
     """Run a repository script as a user would; returns CompletedProcess."""
     return subprocess.run([sys.executable, *map(str, args)], cwd=cwd or REPO, capture_output=True, text=True,
                           timeout=timeout)
+
+
+# ------------------------------------------------------------------ reliability helpers (test_faults, test_bad_inputs,
+# test_security)
+import hashlib
+
+
+def tree_state(*roots: Path) -> dict[str, tuple]:
+    """Every file and folder under `roots` -> (kind, size, sha256): compare before/after to prove nothing changed."""
+    state = {}
+    for root in roots:
+        root = Path(root)
+        if not root.exists():
+            state[str(root)] = ("missing",)
+            continue
+        for p in sorted([root, *root.rglob("*")]):
+            if p.is_symlink():
+                state[str(p)] = ("link", str(p.readlink()))
+            elif p.is_dir():
+                state[str(p)] = ("dir",)
+            else:
+                data = p.read_bytes()
+                state[str(p)] = ("file", len(data), hashlib.sha256(data).hexdigest())
+    return state
+
+
+def assert_one_line_error(returncode: int, stderr: str, *needles: str) -> str:
+    """Exit code 2, exactly one non-empty stderr line containing every needle, no traceback; returns the line."""
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert returncode == 2, f"exit code {returncode}, stderr:\n{stderr[-3000:]}"
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert len(lines) == 1, f"{len(lines)} stderr lines:\n{stderr[-3000:]}"
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not in: {lines[0]}"
+    return lines[0]
+
+
+def write_imagefolder(root: Path, classes=("n01", "n02"), per_class: int = 4, size=(20, 24)) -> Path:
+    """A tiny ImageNet-style root: train/<class>/*.png and val/<class>/*.png."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in classes:
+            folder = root / split / c
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 255, (*size, 3)).astype(np.uint8)).save(folder / f"{i}.png")
+    return root

@@ -1,0 +1,477 @@
+"""Small-scale reproduction of the paper's Table 1 on Fashion-MNIST with ``cnn-small``, on the CPU.
+
+One command trains and evaluates, with the repository's own scripts run as a user types them:
+
+- a dense model and a dense deep ensemble (M dense runs, ``main_individual.py``, different seeds);
+- a static sparse ensemble (M runs of ``main_DST.py --sparse --fix``: fixed random ERK masks);
+- a DST ensemble (M runs of ``main_DST.py --sparse``: RigL-style prune-and-regrow every dT steps);
+- an EDST ensemble (one ``main_EDST.py`` run: exploration, then M refinement phases -> M tickets);
+- a PF ensemble (each dense model of the deep ensemble pruned globally by ``main_PF.py`` and
+  fine-tuned with its mask fixed);
+
+then ``ensemble_freetickets.py --mode predict,disagreement,calibration,KD,ood,corruption`` on each
+ensemble, and prints the paper's Table 1 layout: accuracy, NLL, ECE, OoD AUROC, corrupted accuracy,
+disagreement, KL, training FLOPs relative to the dense model, parameters.
+
+Epoch budget (one number, ``--epochs E``): every dense, static and DST run trains E epochs (the
+paper's 250); the EDST run trains round(0.6E) exploration epochs + M x round(0.4E) refinement
+epochs (the paper's 150 + 3 x 100 for E=250); each PF member fine-tunes round(0.4E) epochs at a
+constant LR ``--pf-lr`` after its E dense epochs (the dense epochs count in its FLOPs). Sparse runs
+use density ``--density`` (0.2), ERK, magnitude death, gradient growth, p=0.5, q=0.8 and
+``--update-frequency`` steps between topology updates (the paper's 1000 is ~2.8 CIFAR epochs of
+352 steps; cnn-small runs ~422 steps per epoch over far fewer epochs, so the default is 200).
+
+Seeds: ``--replicates R`` independent copies of the whole experiment; replicate r uses the member
+seeds 1+rM .. M+rM (EDST: seed 1+rM). Ensemble rows report mean +- sample std over the R
+ensembles; the single dense model row over all R x M dense runs.
+
+Metrics (from the evaluation's results JSON): accuracy and NLL of the ensemble (mean of member
+probabilities); ECE with 15 equal-width bins; OoD AUROC of the max-softmax score, Fashion-MNIST test
+against MNIST when its files are present, else the mean over Gaussian and uniform noise images;
+corrupted accuracy: mean over the generated corruptions ``--corruptions`` x 5 severities
+(``sparselearning.corruptions``); disagreement: mean pairwise top-1 disagreement of the members;
+KL: mean over ordered member pairs of KL(p_b || p_a); training FLOPs: the runs' ``summary.json``
+figures (3x forward per step, dense gradients at topology updates) summed over the ensemble,
+relative to one dense run of E epochs; parameters: non-zero weights summed over the members.
+
+Jobs: independent runs go ``--jobs`` at a time (default: the number of CPUs), each with
+``--threads`` torch threads (default 1: on a shared machine, 1 thread per process avoids OpenMP
+oversubscription, which costs several times the throughput). Runs are launched with ``--resume``:
+a second invocation continues interrupted runs and re-uses finished ones (and the logit cache).
+
+    python benchmarks/reproduce_small.py            # full: E=5, 3 replicates (about 45-60 min on 2 quiet CPU cores)
+    python benchmarks/reproduce_small.py --quick    # E=2, 1 replicate, fewer OoD/corruption sets (under 10 min)
+
+Outputs under ``--output-dir`` (default ``results/reproduce_small/{full,quick}``): the runs, their
+``eval/`` folders, ``logs/`` (one log per job) and ``table.json``, ``table.csv``, ``table.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import io
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL, DATA = "cnn-small", "fashionmnist"
+METHODS = ("dense", "deep", "static", "DST", "EDST", "PF")
+LABELS = {
+    "dense": "Dense model (single)",
+    "deep": "Dense deep ensemble",
+    "static": "Static sparse ensemble",
+    "DST": "DST ensemble",
+    "EDST": "EDST ensemble",
+    "PF": "PF ensemble",
+}
+COLUMNS = ("acc", "nll", "ece", "ood_auroc", "corrupted_acc", "disagreement", "kl", "flops_rel", "params")
+HEADERS = {"acc": "Acc (%)", "nll": "NLL", "ece": "ECE", "ood_auroc": "OoD AUROC", "corrupted_acc": "cAcc (%)",
+           "disagreement": "Disagr.", "kl": "KL", "flops_rel": "Train FLOPs", "params": "Params"}
+
+
+# ============================================================================ machine
+def machine_info() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    load = list(os.getloadavg()) if hasattr(os, "getloadavg") else []
+    return {"nproc": os.cpu_count(), "cpu": cpu, "loadavg": [round(v, 2) for v in load],
+            "python": platform.python_version()}
+
+
+# ============================================================================ jobs
+@dataclass
+class Job:
+    name: str
+    argv: list[str]  # python script + flags, relative to the repository root
+    deps: list[str] = field(default_factory=list)
+    proc: subprocess.Popen | None = None
+    start: float = 0.0
+    seconds: float = 0.0
+
+
+def run_jobs(jobs: list[Job], n_parallel: int, threads: int, log_dir: Path) -> None:
+    """Run the jobs respecting their dependencies, n_parallel at a time; stop everything on a failure."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    pending = {j.name: j for j in jobs}
+    running: dict[str, Job] = {}
+    done: set[str] = set()
+    total, t0 = len(jobs), time.time()
+    logs = {}
+    while pending or running:
+        for name in [n for n, j in pending.items() if all(d in done for d in j.deps)]:
+            if len(running) >= n_parallel:
+                break
+            job = pending.pop(name)
+            logs[name] = open(log_dir / f"{name}.log", "w")
+            logs[name].write("$ python " + " ".join(job.argv) + "\n")
+            logs[name].flush()
+            job.start = time.time()
+            job.proc = subprocess.Popen([sys.executable, *job.argv], cwd=REPO, env=env, stdout=logs[name],
+                                        stderr=subprocess.STDOUT)
+            running[name] = job
+            print(f"[{time.time() - t0:6.0f} s] start  {name}", flush=True)
+        time.sleep(0.5)
+        for name, job in list(running.items()):
+            rc = job.proc.poll()
+            if rc is None:
+                continue
+            job.seconds = time.time() - job.start
+            logs[name].close()
+            del running[name]
+            if rc != 0:
+                for other in running.values():  # our own children only
+                    other.proc.terminate()
+                for other in running.values():
+                    other.proc.wait()
+                tail = (log_dir / f"{name}.log").read_text().splitlines()[-15:]
+                sys.exit(f"job {name} failed (exit {rc}); last lines of {log_dir / (name + '.log')}:\n"
+                         + "\n".join(tail))
+            done.add(name)
+            print(f"[{time.time() - t0:6.0f} s] done   {name} ({job.seconds:.0f} s) - {len(done)}/{total}",
+                  flush=True)
+        if not running and pending and not any(all(d in done for d in j.deps) for j in pending.values()):
+            sys.exit(f"unsatisfiable dependencies: {sorted(pending)}")
+
+
+# ============================================================================ plan
+@dataclass
+class Plan:
+    out: Path
+    epochs: int
+    edst_explo: int
+    edst_phase: int
+    pf_epochs: int
+    replicates: int
+    members: int
+    density: float
+    update_frequency: int
+    pf_lr: float
+    ood: list[str]
+    corruptions: list[str]
+
+    def rep_root(self, r: int) -> Path:
+        return self.out / f"rep{r}"
+
+    def seeds(self, r: int) -> list[int]:
+        return [1 + r * self.members + i for i in range(self.members)]
+
+    def base(self, r: int) -> Path:
+        return self.rep_root(r) / MODEL / DATA
+
+    def dens(self) -> str:
+        return f"density_{round(self.density, 6):g}"
+
+    def run_dir(self, method: str, r: int, seed: int) -> Path:
+        b = self.base(r)
+        return {"dense": b / "individual" / "dense" / f"seed={seed}",
+                "static": b / self.dens() / "static" / f"seed={seed}",
+                "DST": b / self.dens() / "DST" / f"seed={seed}",
+                "EDST": b / self.dens() / "EDST" / f"M={self.members}" / f"seed={seed}",
+                "PF": b / self.dens() / "PF" / f"seed={seed}"}[method]
+
+    def ensemble_dir(self, method: str, r: int) -> Path:
+        b = self.base(r)
+        if method == "deep":
+            return b / "individual" / "dense"
+        if method == "EDST":
+            return self.run_dir("EDST", r, self.seeds(r)[0])
+        return b / self.dens() / method
+
+    def runs_of(self, method: str, r: int) -> list[Path]:
+        """Training run folders whose summaries make up one ensemble (PF: its own runs only)."""
+        if method == "EDST":
+            return [self.run_dir("EDST", r, self.seeds(r)[0])]
+        m = "dense" if method == "deep" else method
+        return [self.run_dir(m, r, s) for s in self.seeds(r)]
+
+
+def common(plan: Plan, r: int, seed: int) -> list[str]:
+    return ["--model", MODEL, "--data", DATA, "--seed", str(seed), "--output-dir", str(plan.rep_root(r)),
+            "--resume", "--no-progress", "--device", "cpu"]
+
+
+def sparse_flags(plan: Plan) -> list[str]:
+    return ["--sparse", "--density", str(plan.density), "--sparse-init", "ERK", "--update-frequency",
+            str(plan.update_frequency), "--death-rate", "0.5", "--large-death-rate", "0.8", "--growth", "gradient",
+            "--death", "magnitude", "--redistribution", "none"]
+
+
+def build_jobs(plan: Plan) -> list[Job]:
+    jobs: list[Job] = []
+    E = str(plan.epochs)
+    for r in range(plan.replicates):
+        seeds = plan.seeds(r)
+        for s in seeds:
+            jobs.append(Job(f"r{r}-dense-s{s}", ["main_individual.py", "--epochs", E, *common(plan, r, s)]))
+        for s in seeds:
+            jobs.append(Job(f"r{r}-static-s{s}", ["main_DST.py", "--fix", "--epochs", E, *sparse_flags(plan),
+                                                  *common(plan, r, s)]))
+        for s in seeds:
+            jobs.append(Job(f"r{r}-DST-s{s}", ["main_DST.py", "--epochs", E, *sparse_flags(plan), *common(plan, r, s)]))
+        edst_epochs = plan.edst_explo + plan.members * plan.edst_phase
+        jobs.append(Job(f"r{r}-EDST-s{seeds[0]}", [
+            "main_EDST.py", "--epochs", str(edst_epochs), "--epochs-explo", str(plan.edst_explo), "--model-num",
+            str(plan.members), "--nolrsche", *sparse_flags(plan), *common(plan, r, seeds[0])]))
+        for s in seeds:
+            pretrained = plan.run_dir("dense", r, s) / "model.pth"
+            jobs.append(Job(f"r{r}-PF-s{s}", [
+                "main_PF.py", "--pretrained", str(pretrained), "--PF-rate", f"{1 - plan.density:g}", "--lr",
+                str(plan.pf_lr), "--nolrsche", "--epochs", str(plan.pf_epochs), *common(plan, r, s)],
+                deps=[f"r{r}-dense-s{s}"]))
+    train_names = {j.name for j in jobs}
+    eval_modes = "predict,disagreement,calibration,KD,ood,corruption"
+    for r in range(plan.replicates):
+        for method in ("deep", "static", "DST", "EDST", "PF"):
+            prefix = "dense" if method == "deep" else method
+            deps = sorted(n for n in train_names if n.startswith(f"r{r}-{prefix}-"))
+            jobs.append(Job(f"r{r}-eval-{method}", [
+                "ensemble_freetickets.py", "--mode", eval_modes, "--resume", str(plan.ensemble_dir(method, r)),
+                "--data", DATA, "--ood-data", ",".join(plan.ood), "--corruptions", ",".join(plan.corruptions),
+                "--no-download", "--device", "cpu"], deps=deps))
+    return jobs
+
+
+# ============================================================================ results
+def load_rows(ens_dir: Path) -> list[dict]:
+    return json.loads((ens_dir / "eval" / "results_latest.json").read_text())["rows"]
+
+
+def pick(rows: list[dict], mode: str, member: str, metric: str, **where) -> float | None:
+    for row in rows:
+        if row["mode"] == mode and row["member"] == member and row["metric"] == metric and all(
+                row.get(k) == v for k, v in where.items()):
+            return row["value"]
+    return None
+
+
+def metrics_of(rows: list[dict], member: str, ood: list[str]) -> dict:
+    """The Table-1 metrics of one member (a ticket's relative path) or of 'ensemble'."""
+    oods = [pick(rows, "ood", member, "msp_auroc", split=f"ood:{o}") for o in ood]
+    oods = [v for v in oods if v is not None]
+    return {
+        "acc": 100 * pick(rows, "predict", member, "acc"),
+        "nll": pick(rows, "predict", member, "nll"),
+        "ece": pick(rows, "calibration", member, "ece15"),
+        "ood_auroc": statistics.fmean(oods) if oods else None,
+        "corrupted_acc": 100 * pick(rows, "corruption", member, "acc", corruption="mean_all", severity="all"),
+    }
+
+
+def summary(run_dir: Path) -> dict:
+    s = json.loads((run_dir / "summary.json").read_text())
+    if s.get("status") != "finished":
+        raise SystemExit(f"{run_dir} did not finish (status {s.get('status')!r}); run this script again to resume it")
+    return s
+
+
+def collect(plan: Plan) -> dict:
+    per: dict[str, list[dict]] = {m: [] for m in METHODS}
+    for r in range(plan.replicates):
+        dense_runs = [summary(plan.run_dir("dense", r, s)) for s in plan.seeds(r)]
+        dense_flops = statistics.fmean(s["training_flops"] for s in dense_runs)
+        dense_params = dense_runs[0]["parameters"]["active"]
+        rows_deep = load_rows(plan.ensemble_dir("deep", r))
+        members = sorted({row["member"] for row in rows_deep if row["mode"] == "predict"
+                          and row["member"].endswith(".pth")})
+        for m, s in zip(members, dense_runs):
+            per["dense"].append({**metrics_of(rows_deep, m, plan.ood), "disagreement": None, "kl": None,
+                                 "flops_rel": s["training_flops"] / dense_flops, "params": dense_params,
+                                 "replicate": r, "member": m})
+        for method in ("deep", "static", "DST", "EDST", "PF"):
+            rows = rows_deep if method == "deep" else load_rows(plan.ensemble_dir(method, r))
+            sums = [summary(d) for d in plan.runs_of(method, r)]
+            flops = sum(s["training_flops"] for s in sums)
+            if method == "PF":  # the dense pre-training of each member counts
+                flops += sum(s["training_flops"] for s in dense_runs)
+            if method == "EDST":  # M tickets of one run, each with the run's non-zero count
+                params = len(sums[0]["tickets"]) * sums[0]["parameters"]["active"]
+            else:
+                params = sum(s["parameters"]["active"] for s in sums)
+            n_members = len({row["member"] for row in rows if row["mode"] == "predict" and row["member"].endswith(".pth")})
+            per[method].append({**metrics_of(rows, "ensemble", plan.ood),
+                                "disagreement": pick(rows, "disagreement", "pairs_mean", "disagreement"),
+                                "kl": pick(rows, "KD", "pairs_mean", "kl"),
+                                "flops_rel": flops / dense_flops, "params": params, "replicate": r,
+                                "members": n_members,
+                                "train_seconds": sum(s.get("elapsed_seconds", 0.0) for s in sums)})
+    table = []
+    for method in METHODS:
+        entries = per[method]
+        row = {"method": method, "label": LABELS[method], "n": len(entries),
+               "M": 1 if method == "dense" else plan.members}
+        for col in COLUMNS:
+            vals = [e[col] for e in entries if e[col] is not None]
+            row[col] = statistics.fmean(vals) if vals else None
+            row[col + "_std"] = statistics.stdev(vals) if len(vals) > 1 else None
+        table.append(row)
+    return {"table": table, "per_replicate": per}
+
+
+def fmt_cell(row: dict, col: str) -> str:
+    v, sd = row[col], row[col + "_std"]
+    if v is None:
+        return "-"
+    if col == "params":
+        return f"{v:,.0f}"
+    if col == "flops_rel":
+        return f"{v:.2f}x"
+    digits = {"acc": 2, "corrupted_acc": 2, "nll": 4, "ece": 4, "ood_auroc": 4, "disagreement": 4, "kl": 4}[col]
+    return f"{v:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd is not None else "")
+
+
+def claims(table: list[dict]) -> list[dict]:
+    """The paper's claims, each decided by the table's means (std given for judgement)."""
+    t = {r["method"]: r for r in table}
+    out = []
+
+    def claim(text, ok, evidence):
+        out.append({"claim": text, "supported": bool(ok), "evidence": evidence})
+
+    e, d, deep, dst, pf, st = t["EDST"], t["dense"], t["deep"], t["DST"], t["PF"], t["static"]
+    claim("EDST ensemble has fewer training FLOPs than one dense model", e["flops_rel"] < 1,
+          f"EDST {e['flops_rel']:.2f}x vs dense 1.00x")
+    claim("EDST ensemble has fewer parameters than one dense model", e["params"] < d["params"],
+          f"EDST {e['params']:,.0f} vs dense {d['params']:,.0f}")
+    for col, better, name in (("acc", max, "accuracy"), ("nll", min, "NLL"), ("ece", min, "ECE"),
+                              ("ood_auroc", max, "OoD AUROC"), ("corrupted_acc", max, "corrupted accuracy")):
+        ok = better(e[col], d[col]) == e[col] and e[col] != d[col]
+        claim(f"EDST ensemble beats the single dense model in {name}", ok,
+              f"EDST {fmt_cell(e, col)} vs dense {fmt_cell(d, col)}")
+    gap = deep["acc"] - dst["acc"]
+    claim("DST ensemble approaches the dense deep ensemble (accuracy within 0.5 points) at a fraction of its "
+          "training FLOPs", gap <= 0.5 and dst["flops_rel"] < deep["flops_rel"],
+          f"DST {fmt_cell(dst, 'acc')} % at {dst['flops_rel']:.2f}x vs deep ensemble {fmt_cell(deep, 'acc')} % at "
+          f"{deep['flops_rel']:.2f}x (gap {gap:.2f} points)")
+    for name, row in (("DST", dst), ("EDST", e)):
+        claim(f"{name} tickets are more diverse than PF tickets (disagreement and KL)",
+              row["disagreement"] > pf["disagreement"] and row["kl"] > pf["kl"],
+              f"{name} disagreement {fmt_cell(row, 'disagreement')}, KL {fmt_cell(row, 'kl')} vs PF "
+              f"{fmt_cell(pf, 'disagreement')}, {fmt_cell(pf, 'kl')}")
+    claim("DST ensemble beats the static sparse ensemble in accuracy", dst["acc"] > st["acc"],
+          f"DST {fmt_cell(dst, 'acc')} % vs static {fmt_cell(st, 'acc')} %")
+    return out
+
+
+def render(result: dict, plan: Plan, info: dict) -> tuple[str, str]:
+    table = result["table"]
+    ood_name = "MNIST" if plan.ood == ["mnist"] else " + ".join(plan.ood) + " noise (mean)"
+    head = ["Method", "M", "n"] + [HEADERS[c] for c in COLUMNS]
+    body = [[r["label"], str(r["M"]), str(r["n"])] + [fmt_cell(r, c) for c in COLUMNS] for r in table]
+    widths = [max(len(x[i]) for x in [head] + body) for i in range(len(head))]
+    text = "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(x, widths)))
+                     for x in [head] + body)
+    md = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    md += ["| " + " | ".join(x) + " |" for x in body]
+    edst_epochs = plan.edst_explo + plan.members * plan.edst_phase
+    notes = [
+        f"cnn-small on Fashion-MNIST (54k train / 6k validation / 10k test), CPU. Epoch budget E={plan.epochs}: dense, "
+        f"static and DST runs {plan.epochs} epochs each; EDST {plan.edst_explo} + {plan.members} x {plan.edst_phase} "
+        f"= {edst_epochs} epochs for all {plan.members} tickets; PF: E dense epochs + {plan.pf_epochs} fine-tuning "
+        f"epochs per member (LR {plan.pf_lr}). Sparse: density {plan.density}, ERK, dT={plan.update_frequency}.",
+        f"n = number of independent ensembles (the single dense row: dense runs); mean ± sample std. Seeds "
+        f"1..{plan.replicates * plan.members}.",
+        f"OoD AUROC: max-softmax score, Fashion-MNIST test vs {ood_name}. cAcc: mean over "
+        f"{', '.join(plan.corruptions)} x 5 severities (generated). ECE: 15 bins.",
+        "Train FLOPs: the runs' own accounting summed over the ensemble (PF includes the dense pre-training), "
+        "relative to one dense run of E epochs. Params: non-zero weights over all members.",
+        f"Machine: {info['nproc']} CPUs ({info['cpu']}), load average at the start {info['loadavg_start']} "
+        f"and end {info['loadavg_end']} (shared machine); wall time {info['wall_seconds'] / 60:.1f} min.",
+    ]
+    return text + "\n\n" + "\n".join(notes), "\n".join(md) + "\n\n" + "\n".join(f"- {n}" for n in notes)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="E=2, 1 replicate, one OoD set and one corruption (under 10 minutes)")
+    parser.add_argument("--epochs", type=int, default=None, help="epoch budget E (default 5; --quick: 2)")
+    parser.add_argument("--replicates", type=int, default=None,
+                        help="independent ensembles per method (default 3; --quick: 1)")
+    parser.add_argument("-M", "--members", type=int, default=3, help="ensemble size M")
+    parser.add_argument("--density", type=float, default=0.2)
+    parser.add_argument("--update-frequency", type=int, default=200, help="dT of DST/EDST")
+    parser.add_argument("--pf-lr", type=float, default=0.01, help="constant fine-tuning LR of PF members")
+    parser.add_argument("--corruptions", default=None,
+                        help="generated corruptions (default gaussian_noise,contrast; --quick: contrast)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs in parallel")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--output-dir", default=None,
+                        help="default results/reproduce_small/quick or .../full")
+    parser.add_argument("--table-only", action="store_true", help="only rebuild the table from finished runs")
+    args = parser.parse_args(argv)
+    E = args.epochs or (2 if args.quick else 5)
+    R = args.replicates or (1 if args.quick else 3)
+    if E < 2 or R < 1 or args.members < 2 or not 0 < args.density < 1 or args.jobs < 1 or args.threads < 1:
+        parser.error("need --epochs >= 2, --replicates >= 1, -M >= 2, --density in (0, 1), --jobs/--threads >= 1")
+    corruptions = [c for c in (args.corruptions or ("contrast" if args.quick else "gaussian_noise,contrast"))
+                   .split(",") if c.strip()]
+    from sparselearning.corruptions import CORRUPTIONS
+    from sparselearning.data import load_split
+    from sparselearning.errors import UsageError
+
+    bad = [c for c in corruptions if c not in CORRUPTIONS]
+    if bad:
+        parser.error(f"unknown corruption(s) {bad}; choose from {', '.join(CORRUPTIONS)}")
+    try:
+        load_split("mnist", "test", download=False)
+        ood = ["mnist"]
+    except UsageError:
+        ood = ["gaussian"] if args.quick else ["gaussian", "uniform"]
+    out = Path(args.output_dir or f"results/reproduce_small/{'quick' if args.quick else 'full'}")
+    if not out.is_absolute():
+        out = REPO / out
+    plan = Plan(out=out, epochs=E, edst_explo=max(1, round(0.6 * E)), edst_phase=max(1, round(0.4 * E)),
+                pf_epochs=max(1, round(0.4 * E)), replicates=R, members=args.members, density=args.density,
+                update_frequency=args.update_frequency, pf_lr=args.pf_lr, ood=ood, corruptions=corruptions)
+    info = machine_info()
+    info["loadavg_start"] = info.pop("loadavg")
+    start = time.time()
+    jobs = build_jobs(plan)
+    print(f"reproduce_small: {MODEL} on {DATA}, E={E}, {R} replicate(s) x M={args.members}, {len(jobs)} jobs, "
+          f"{args.jobs} at a time x {args.threads} thread(s); OoD {','.join(ood)}; corruptions "
+          f"{','.join(corruptions)}; output {out}", flush=True)
+    if not args.table_only:
+        run_jobs(jobs, args.jobs, args.threads, out / "logs")
+    result = collect(plan)
+    info["loadavg_end"] = machine_info()["loadavg"]
+    info["wall_seconds"] = time.time() - start
+    text, md = render(result, plan, info)
+    result["claims"] = claims(result["table"])
+    verdicts = "\n".join(f"- [{'supported' if c['supported'] else 'NOT supported'}] {c['claim']}: {c['evidence']}"
+                         for c in result["claims"])
+    print("\n" + text + "\n\nThe paper's claims at this scale:\n" + verdicts)
+    result.update({"plan": {k: (str(v) if isinstance(v, Path) else v) for k, v in plan.__dict__.items()},
+                   "machine": info, "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
+                   "created": datetime.datetime.now().isoformat(timespec="seconds")})
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.json").write_text(json.dumps(result, indent=1))
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    cols = ["method", "label", "M", "n"] + [x for c in COLUMNS for x in (c, c + "_std")]
+    w.writerow(cols)
+    for row in result["table"]:
+        w.writerow(["" if row[c] is None else row[c] for c in cols])
+    (out / "table.csv").write_text(buf.getvalue())
+    (out / "table.md").write_text(f"# reproduce_small ({'quick' if args.quick else 'full'})\n\n`python "
+                                  f"benchmarks/{result['command']}`\n\n{md}\n\n## The paper's claims at this scale\n\n"
+                                  f"{verdicts}\n")
+    print(f"\ntable: {out / 'table.md'} (+ table.json, table.csv); logs: {out / 'logs'}")
+
+
+if __name__ == "__main__":
+    main()
