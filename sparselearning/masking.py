@@ -196,7 +196,7 @@ class Masking:
             torch._foreach_add_(moms, grads)
         if not update_now:
             # masked gradient -> inactive weights and optimizer state stay exactly zero (one pass)
-            live = [(p.grad, self.masks[n]) for p, n in zip(params, self.params) if p.grad is not None]
+            live = [(self.params[n].grad, self.masks[n]) for n in self.updatable if self.params[n].grad is not None]
             if live:
                 torch._foreach_mul_([g for g, _ in live], [m for _, m in live])
         (optimizer_step or self.optimizer.step)()
