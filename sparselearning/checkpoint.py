@@ -118,7 +118,7 @@ def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu")
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         text = " ".join(str(err).split())
-        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        unsafe = re.search(r"GLOBAL ([\w.]+)", text)  # a function or class the file would call on loading
         if unsafe:
             raise UsageError(f"{path} was refused: loading it would call {unsafe.group(1)}, so it could run code; "
                              f"use a checkpoint written by these scripts") from None
@@ -187,6 +187,11 @@ def load_ticket(path: str | os.PathLike) -> dict:
     for key in ("model", "num_classes", "in_channels", "image_size", "dense_state", "sparse_state"):
         if key not in obj:
             raise UsageError(f"{path} is a damaged ticket (missing '{key}'); retrain or restore it")
+    from models import MODEL_NAMES  # local import, as in ticket_model
+
+    if obj["model"] not in MODEL_NAMES:  # checked before a caller writes anything (or builds a path from it)
+        raise UsageError(f"{path} is a ticket of an unknown model {str(obj['model'])[:80]!r}; it was written by "
+                         f"other code - use tickets written by these scripts")
     return obj
 
 

@@ -352,7 +352,8 @@ class Run:
         if state.get("script") != self.script or flags != self.fingerprint():
             diff = sorted(k for k in set(flags) | set(self.fingerprint()) if flags.get(k) != self.fingerprint().get(k))
             raise UsageError(f"{path} was written by a run with other settings (differs in: "
-                             f"{', '.join(diff) or 'script'}); resume with the same flags or start over with --overwrite")
+                             f"{', '.join(diff) or 'script'}); resume with the same flags or start over with "
+                             f"--overwrite")
         return state
 
     def restore(self, path: Path) -> None:

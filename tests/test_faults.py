@@ -130,23 +130,24 @@ CONFIGS = {  # script, flags, run folder under <output-dir>/cnn-small/fashionmni
 
 # Kill plans: one entry per process of a chain (each process after the first runs with --resume); a last process
 # without a kill runs to the end. ("during", save) / ("after", save): the n-th atomic save of that file name in
-# that process; ("step", epoch, step): before that training step; ("random", lo, hi): a seeded random delay.
+# that process; ("step", epoch, step): before that training step; ("random", lo, hi): a seeded random delay
+# (seconds after the interpreter is up; if the process finishes first, that kill point is not counted).
 PLANS = {
     "DST": [("during", "model.pth#1"),  # the first ticket, before any last.pth exists
             ("after", "last.pth#1"),  # right after the epoch-1 checkpoint
             ("step", 3, 4),  # resumed from epoch 1: epoch 2 done, in the middle of epoch 3
             ("during", "last.pth#1"),  # resumed from epoch 2: writing the epoch-3 checkpoint
-            ("random", 1.0, 4.0)],
+            ("random", 0.2, 2.0)],
     "EDST": [("after", "model_0.pth#1"),  # the phase-0 ticket of epoch 2 is newer than last.pth (epoch 1)
              ("during", "epoch_2.pth#1"),  # writing the epoch-2 snapshot (--save-every 2)
              ("after", "last.pth#2"),  # right after the epoch-3 checkpoint (re-exploration done)
              ("step", 4, 2),  # the first steps after the re-exploration
              ("during", "model_1.pth#1"),  # writing the first phase-1 ticket
-             ("random", 1.0, 4.0)],
+             ("random", 0.2, 2.0)],
     "PF": [("after", "model.pth#1"),
            ("during", "last.pth#2"),
            ("step", 3, 5),
-           ("random", 0.5, 3.0)],
+           ("random", 0.2, 1.2)],
 }
 KILLS: list[dict] = []  # the figures, printed at the end of the module (pytest -s)
 
@@ -159,7 +160,7 @@ def common(data: Path, out: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     base = tmp_path_factory.mktemp("faults")
-    data = write_fashion_mnist(base / "data")
+    data = write_fashion_mnist(base / "data", n_train=200, n_test=40)  # 6 steps per epoch
     torch.manual_seed(11)
     pretrained = base / "dense.pt"  # PF's dense start: a plain state_dict
     torch.save(get_model("cnn-small", 10, 1, 28).state_dict(), pretrained)
@@ -228,7 +229,8 @@ def kill_at(proc: Proc, step: tuple, rng: random.Random) -> str | None:
         proc.wait_for(f"paused {kind} {step[1]}")
     elif kind == "step":
         proc.wait_for(f"paused at epoch {step[1]} step {step[2]}")
-    else:
+    else:  # a random moment after the interpreter is up (imports done): start-up, restore, training or saving
+        proc.wait_for("start")
         time.sleep(rng.uniform(step[1], step[2]))
     if proc.p.poll() is not None:
         return None

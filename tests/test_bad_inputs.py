@@ -1,0 +1,290 @@
+"""Table-driven bad input for every entry script, run as users run them (subprocesses).
+
+Each case must end with exit code 2 and exactly one stderr line that names the problem and says what to do, no
+traceback, and write or change nothing: the case's own folder (its working directory, output folder and inputs)
+and the shared inputs (data, checkpoints) are fingerprinted before and after. Cases run two or more at a time;
+each one has a folder of its own. ImageNet/main.py cases run when that script exists.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+
+from conftest import (REPO, assert_one_line_error, tree_state, write_cifar10, write_fashion_mnist,
+                      write_imagefolder)
+from models import get_model
+from sparselearning import checkpoint as ckpt
+from sparselearning.train import main as train_main
+
+IMAGENET = REPO / "ImageNet" / "main.py"
+TRAIN = ["--model", "cnn-small", "--data", "fashionmnist", "--data-dir", "{data}", "--batch-size", "32", "--epochs",
+         "1", "--no-progress", "--output-dir", "{out}", "--seed", "5"]
+EVAL = ["--mode", "predict", "--data-dir", "{data}", "--no-download", "--output-dir", "{out}"]
+IMNET = ["-a", "resnet18", "--image-size", "32", "-b", "2", "-j", "0", "--epochs", "2", "--reexplore-epochs", "1",
+         "--lr-steps", "", "--warmup", "0", "--output-dir", "{out}", "--no-progress"]
+# words of a message that tells the user what to do
+FIX_WORDS = ("use ", "pass ", "choose", "point ", "give ", "add ", "lower ", "raise ", "re-download", "put ",
+             "check ", "drop ", "delete", "see --help", "must be", "must hold", "resume with", "start over",
+             "evaluate tickets", "retrain", "wait", "pick ")
+
+
+@dataclass
+class Case:
+    id: str
+    script: str
+    args: list[str]
+    needles: tuple[str, ...]
+    setup: Callable[[Path, dict], None] | None = None
+    result: dict = field(default_factory=dict)
+
+
+def _copy(src_key: str, rel: str) -> Callable[[Path, dict], None]:
+    def setup(box: Path, w: dict) -> None:
+        dst = box / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(w[src_key], dst)
+    return setup
+
+
+def _all(*setups) -> Callable[[Path, dict], None]:
+    def setup(box: Path, w: dict) -> None:
+        for s in setups:
+            s(box, w)
+    return setup
+
+
+def _mkdir(rel: str) -> Callable[[Path, dict], None]:
+    return lambda box, w: (box / rel).mkdir(parents=True, exist_ok=True)
+
+
+def _file(rel: str, data: bytes) -> Callable[[Path, dict], None]:
+    def setup(box: Path, w: dict) -> None:
+        (box / rel).parent.mkdir(parents=True, exist_ok=True)
+        (box / rel).write_bytes(data)
+    return setup
+
+
+def _mnist_truncated(box: Path, w: dict) -> None:
+    raw = box / "bad_data" / "MNIST" / "raw"
+    shutil.copytree(w["data"] / "FashionMNIST" / "raw", raw)
+    f = raw / "train-images-idx3-ubyte.gz"
+    f.write_bytes(f.read_bytes()[:300])  # a download cut short
+
+
+def _fmnist_bad_magic(box: Path, w: dict) -> None:
+    raw = box / "bad_data" / "FashionMNIST" / "raw"
+    shutil.copytree(w["data"] / "FashionMNIST" / "raw", raw)
+    (raw / "train-labels-idx1-ubyte.gz").unlink()
+    (raw / "train-labels-idx1-ubyte").write_bytes(b"<html>not found</html>")  # a proxy's error page
+
+
+def _cifar_garbage(box: Path, w: dict) -> None:
+    folder = write_cifar10(box / "bad_data", per_batch=4, n_test=4) / "cifar-10-batches-py"
+    (folder / "data_batch_3").write_bytes((folder / "data_batch_3").read_bytes()[:100])
+
+
+RUN_DST = "out/cnn-small/fashionmnist/density_0.05/DST/seed=5"  # where TRAIN + --sparse writes
+
+CASES = [
+    # ---------------------------------------------------------------- main_individual.py: numbers, names, data
+    Case("ind-epochs-zero", "main_individual.py", ["--epochs", "0"], ("--epochs must be at least 1",)),
+    Case("ind-lr-inf", "main_individual.py", ["--lr", "inf"], ("--lr must be a finite number",)),
+    Case("ind-momentum-nan", "main_individual.py", ["--momentum", "nan"], ("--momentum must be a finite number",)),
+    Case("ind-valid-split-one", "main_individual.py", ["--valid_split", "1.0"], ("--valid_split", "[0, 1)")),
+    Case("ind-optimizer-unknown", "main_individual.py", ["--optimizer", "rmsprop"], ("--optimizer", "rmsprop")),
+    Case("ind-epochs-not-a-number", "main_individual.py", ["--epochs", "ten"], ("--epochs", "'ten'")),
+    Case("ind-model-path-like", "main_individual.py", ["--model", "../../x"], ("unknown model '../../x'",)),
+    Case("ind-data-ood-only", "main_individual.py", ["--data", "svhn"], ("unknown dataset 'svhn'",)),
+    Case("ind-mnist-truncated", "main_individual.py", ["--data", "mnist", "--data-dir", "{box}/bad_data"],
+         ("cannot read the MNIST train files", "re-download"), _mnist_truncated),
+    Case("edst-fmnist-not-idx", "main_EDST.py", ["--sparse", "--epochs", "3", "--epochs-explo", "1", "--model-num",
+                                                 "2", "--data-dir", "{box}/bad_data"],
+         ("train-labels-idx1-ubyte", "not an idx file"), _fmnist_bad_magic),
+    Case("dst-cifar-batch-truncated", "main_DST.py", ["--sparse", "--data", "cifar10", "--data-dir", "{box}/bad_data"],
+         ("cannot read the CIFAR-10 train files", "re-download"), _cifar_garbage),
+    # ---------------------------------------------------------------- main_DST.py: flags, folders, --resume
+    Case("dst-output-dir-is-a-file", "main_DST.py", ["--sparse", "--output-dir", "{box}/afile"],
+         ("afile is a file", "--output-dir"), _file("afile", b"x")),
+    Case("dst-resume-and-overwrite", "main_DST.py", ["--sparse", "--resume", "--overwrite"],
+         ("--resume and --overwrite contradict",)),
+    Case("dst-update-frequency-zero", "main_DST.py", ["--sparse", "--update-frequency", "0"],
+         ("--update-frequency must be at least 1",)),
+    Case("dst-sparse-init-unknown", "main_DST.py", ["--sparse", "--sparse-init", "bogus"], ("--sparse-init", "bogus")),
+    Case("dst-resume-missing-file", "main_DST.py", ["--sparse", "--resume", "{box}/missing.pth"],
+         ("no such checkpoint",)),
+    Case("dst-resume-not-a-checkpoint", "main_DST.py", ["--sparse", "--resume", "{w}/garbage.pth"],
+         ("garbage.pth is not a", "checkpoint")),
+    Case("dst-resume-truncated", "main_DST.py", ["--sparse", "--resume", "{w}/trunc_last.pth"],
+         ("trunc_last.pth is not a readable checkpoint", "truncated")),
+    Case("dst-resume-a-ticket", "main_DST.py", ["--sparse", "--resume", "{w}/dst_ticket.pth"],
+         ("not a resume checkpoint", "last.pth")),
+    Case("dst-resume-other-architecture", "main_DST.py", ["--sparse", "--resume", "{w}/lenet_last.pth"],
+         ("other settings (differs in: model)", "--overwrite")),
+    Case("dst-resume-truncated-in-run-folder", "main_DST.py", ["--sparse", "--resume"],
+         ("last.pth is not a readable checkpoint",), _copy("trunc_last", f"{RUN_DST}/last.pth")),
+    # ---------------------------------------------------------------- main_EDST.py
+    Case("edst-phases-too-short", "main_EDST.py", ["--sparse", "--epochs", "3", "--epochs-explo", "1", "--model-num",
+                                                   "5"], ("refinement phases", "raise --epochs")),
+    Case("edst-large-death-rate", "main_EDST.py", ["--sparse", "--epochs", "3", "--epochs-explo", "1", "--model-num",
+                                                   "2", "--large-death-rate", "1.5"], ("--large-death-rate",)),
+    Case("edst-resume-a-dst-run", "main_EDST.py", ["--sparse", "--epochs", "3", "--epochs-explo", "1", "--model-num",
+                                                   "2", "--resume", "{w}/dst_last.pth"], ("other settings",)),
+    # ---------------------------------------------------------------- main_PF.py: --pretrained
+    Case("pf-pretrained-missing", "main_PF.py", ["--sparse", "--pretrained", "{box}/nope.pth"], ("does not exist",)),
+    Case("pf-pretrained-folder", "main_PF.py", ["--sparse", "--pretrained", "{box}/ckpts"],
+         ("is a folder, not a checkpoint file",), _mkdir("ckpts")),
+    Case("pf-pretrained-empty-file", "main_PF.py", ["--sparse", "--pretrained", "{w}/empty.pth"],
+         ("empty.pth is not a readable checkpoint",)),
+    Case("pf-pretrained-truncated", "main_PF.py", ["--sparse", "--pretrained", "{w}/trunc_ticket.pth"],
+         ("trunc_ticket.pth is not a readable checkpoint",)),
+    Case("pf-pretrained-other-architecture", "main_PF.py", ["--sparse", "--pretrained", "{w}/lenet_ticket.pth"],
+         ("is a lenet5 with 10 classes, not a cnn-small",)),
+    Case("pf-pretrained-other-architecture-state-dict", "main_PF.py",
+         ["--sparse", "--pretrained", "{w}/lenet_state.pt"], ("does not fit cnn-small",)),
+    Case("pf-pretrained-other-class-count", "main_PF.py", ["--sparse", "--pretrained", "{w}/ticket_100.pth"],
+         ("with 100 classes",)),
+    Case("pf-pretrained-resume-checkpoint", "main_PF.py", ["--sparse", "--pretrained", "{w}/dst_last.pth"],
+         ("holds no model weights",)),
+    # ---------------------------------------------------------------- ensemble_freetickets.py
+    Case("eval-empty-folder", "ensemble_freetickets.py", ["--resume", "{box}/runs"], ("no tickets",), _mkdir("runs")),
+    Case("eval-missing-folder", "ensemble_freetickets.py", ["--resume", "{box}/runs"], ("does not exist",)),
+    Case("eval-only-resume-checkpoints", "ensemble_freetickets.py", ["--resume", "{box}/runs"], ("no tickets",),
+         _copy("dst_last", "runs/seed=1/last.pth")),
+    Case("eval-resume-checkpoint-as-ticket", "ensemble_freetickets.py", ["--resume", "{w}/dst_last.pth"],
+         ("not a FreeTickets ticket",)),
+    Case("eval-mixed-architectures", "ensemble_freetickets.py", ["--resume", "{box}/runs"],
+         ("seed=2/model.pth differs from seed=1/model.pth in model",),
+         _all(_copy("dst_ticket", "runs/seed=1/model.pth"), _copy("lenet_ticket", "runs/seed=2/model.pth"))),
+    Case("eval-mixed-class-counts", "ensemble_freetickets.py", ["--resume", "{box}/runs"],
+         ("differs from seed=1/model.pth in class count",),
+         _all(_copy("dst_ticket", "runs/seed=1/model.pth"), _copy("ticket_100", "runs/seed=2/model.pth"))),
+    Case("eval-truncated-ticket", "ensemble_freetickets.py", ["--resume", "{box}/runs"],
+         ("seed=2/model.pth is not a readable checkpoint",),
+         _all(_copy("dst_ticket", "runs/seed=1/model.pth"), _copy("trunc_ticket", "runs/seed=2/model.pth"))),
+    Case("eval-non-checkpoint-file", "ensemble_freetickets.py", ["--resume", "{box}/runs"],
+         ("seed=2/model.pth is not a", "checkpoint"),
+         _all(_copy("dst_ticket", "runs/seed=1/model.pth"), _copy("garbage", "runs/seed=2/model.pth"))),
+    Case("eval-unknown-mode", "ensemble_freetickets.py", ["--resume", "{w}/dst_ticket.pth", "--mode", "bogus"],
+         ("unknown mode 'bogus'",)),
+    Case("eval-ece-bins-zero", "ensemble_freetickets.py", ["--resume", "{w}/dst_ticket.pth", "--ece-bins", "0"],
+         ("--ece-bins",)),
+    Case("eval-output-dir-is-a-file", "ensemble_freetickets.py", ["--resume", "{w}/dst_ticket.pth", "--output-dir",
+                                                                  "{box}/afile"], ("is a file",), _file("afile", b"x")),
+    Case("eval-dataset-missing", "ensemble_freetickets.py", ["--resume", "{w}/mnist_ticket.pth", "--data-dir",
+                                                             "{box}/nodata"], ("MNIST", "not found")),
+]
+IMAGENET_CASES = [
+    Case("imagenet-arch-unknown", "ImageNet/main.py", ["-a", "resnet9", "{img}"], ("resnet9",)),
+    Case("imagenet-density-zero", "ImageNet/main.py", ["--density", "0", "{img}"], ("--density",)),
+    Case("imagenet-no-val-folder", "ImageNet/main.py", ["{box}/img"], ("val/",),
+         lambda box, w: shutil.copytree(w["img"] / "train", box / "img" / "train")),
+    Case("imagenet-resume-not-a-checkpoint", "ImageNet/main.py", ["--resume", "{w}/garbage.pth", "{img}"],
+         ("garbage.pth is not a", "checkpoint")),
+    Case("imagenet-resume-a-cifar-run", "ImageNet/main.py", ["--resume", "{w}/dst_last.pth", "{img}"],
+         ("other settings",)),
+]
+if IMAGENET.exists():
+    CASES += IMAGENET_CASES
+
+
+def _argv(case: Case) -> list[str]:
+    base = {"main_individual.py": TRAIN, "main_DST.py": TRAIN, "main_EDST.py": TRAIN, "main_PF.py": TRAIN,
+            "ensemble_freetickets.py": EVAL, "ImageNet/main.py": IMNET}[case.script]
+    return [*base, *case.args]  # argparse: a repeated flag's later value wins
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Shared inputs: data, real checkpoints of two architectures, and damaged files made from them."""
+    base = tmp_path_factory.mktemp("bad_inputs")
+    w = {"base": base, "data": write_fashion_mnist(base / "data", n_train=120, n_test=30)}
+    for model in ("cnn-small", "lenet5"):
+        out = base / "runs" / model
+        train_main("DST", ["--sparse", *[a.replace("{data}", str(w["data"])).replace("{out}", str(out))
+                                         for a in TRAIN], "--model", model])
+        run = out / model / "fashionmnist" / "density_0.05" / "DST" / "seed=5"
+        key = "dst" if model == "cnn-small" else "lenet"
+        w[f"{key}_last"], w[f"{key}_ticket"] = run / "last.pth", run / "model.pth"
+    files = base / "files"
+    files.mkdir()
+    ticket = ckpt.load_ticket(w["dst_ticket"])
+    for name, make in {
+        "dst_last.pth": lambda p: shutil.copy(w["dst_last"], p),
+        "dst_ticket.pth": lambda p: shutil.copy(w["dst_ticket"], p),
+        "lenet_last.pth": lambda p: shutil.copy(w["lenet_last"], p),
+        "lenet_ticket.pth": lambda p: shutil.copy(w["lenet_ticket"], p),
+        "lenet_state.pt": lambda p: torch.save(get_model("lenet5", 10, 1, 28).state_dict(), p),
+        "ticket_100.pth": lambda p: ckpt.atomic_save({**ticket, "num_classes": 100}, p),
+        "mnist_ticket.pth": lambda p: ckpt.atomic_save({**ticket, "dataset": "mnist"}, p),
+        "garbage.pth": lambda p: p.write_bytes(b"this is not a checkpoint\n" * 10),
+        "empty.pth": lambda p: p.write_bytes(b""),
+        "trunc_last.pth": lambda p: p.write_bytes(w["dst_last"].read_bytes()[:4000]),
+        "trunc_ticket.pth": lambda p: p.write_bytes(w["dst_ticket"].read_bytes()[:4000]),
+    }.items():
+        make(files / name)
+        w[name.split(".")[0]] = files / name
+    w["w"] = files
+    if IMAGENET.exists():
+        w["img"] = write_imagefolder(base / "imagenet")
+    return w
+
+
+@pytest.fixture(scope="module")
+def results(world):
+    """Run every case (two or more at a time), fingerprinting its folder and the shared inputs around it."""
+    shared = [world["data"], world["w"], world["base"] / "runs", *([world["img"]] if "img" in world else [])]
+    shared_before = tree_state(*shared)
+
+    def run(case: Case) -> Case:
+        box = world["base"] / "cases" / case.id
+        box.mkdir(parents=True)
+        if case.setup:
+            case.setup(box, world)
+        subs = {"{data}": str(world["data"]), "{out}": str(box / "out"), "{box}": str(box), "{w}": str(world["w"]),
+                "{img}": str(world.get("img", ""))}
+        argv = []
+        for a in _argv(case):
+            for k, v in subs.items():
+                a = a.replace(k, v)
+            argv.append(a)
+        before = tree_state(box)
+        r = subprocess.run([sys.executable, str(REPO / case.script), *argv], cwd=box, capture_output=True, text=True,
+                           timeout=300)
+        case.result = {"code": r.returncode, "stderr": r.stderr, "stdout": r.stdout, "before": before,
+                       "after": tree_state(box)}
+        return case
+
+    workers = max(2, min(4, os.cpu_count() or 2))
+    with ThreadPoolExecutor(workers) as pool:
+        done = {c.id: c for c in pool.map(run, CASES)}
+    return {"cases": done, "shared_unchanged": tree_state(*shared) == shared_before}
+
+
+def test_table_is_large_enough():
+    scripts = {c.script for c in CASES}
+    assert len(CASES) >= 30
+    assert {"main_individual.py", "main_DST.py", "main_EDST.py", "main_PF.py", "ensemble_freetickets.py"} <= scripts
+
+
+@pytest.mark.parametrize("case_id", [c.id for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(case_id, results):
+    case = results["cases"][case_id]
+    r = case.result
+    line = assert_one_line_error(r["code"], r["stderr"], *case.needles)
+    assert any(word in line for word in FIX_WORDS), f"the message says nothing about a fix: {line}"
+    prog = case.script if case.script.startswith("ImageNet/") else Path(case.script).name
+    assert line.startswith(f"{prog}: error: "), line
+    assert r["after"] == r["before"], "files were written or changed"
+
+
+def test_shared_inputs_unchanged(results):
+    assert results["shared_unchanged"]
