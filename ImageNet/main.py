@@ -63,8 +63,8 @@ from sparselearning.imagenet import (DeviceBatches, ShardSampler, check_root, fi
                                      imagenet_spec)
 from sparselearning.masking import DEATH_MODES, Masking
 from sparselearning.schedules import death_rate as scheduled_death_rate
-from sparselearning.train import (NonFiniteLossError, Run, RunLock, autocast_context,
-                                  dense_gradients, evaluate_model, fmt_density, pick_device, train_one_epoch)
+from sparselearning.train import (Run, RunLock, autocast_context, dense_gradients, evaluate_model, fmt_density,
+                                  pick_device, train_one_epoch, train_reporting_errors)
 
 PROG = "ImageNet/main.py"
 # the paper's schedule for --epochs 310 (section 6.4 of the reference notes)
@@ -804,13 +804,7 @@ def main(argv: list[str] | None = None) -> dict | list:
                     f"backend {backend}, {run.device.type}, {args.model} {args.model_config}, "
                     f"{len(run.classes)} classes, {run.spec.train_size} train / {len(run.val_set)} val images; "
                     f"{' '.join(f'--{k}={v}' for k, v in sorted(run.fingerprint().items()))}")
-            return run.train()
-        except NonFiniteLossError as err:
-            run.write_summary("failed: non-finite loss")
-            raise UsageError(str(err)) from None
-        except OSError as err:  # e.g. train.log on a full disk (checkpoints raise ckpt.WriteError themselves)
-            raise UsageError(f"could not write {err.filename or run.run_dir} ({err.strerror or err}); the last "
-                             f"complete checkpoint is intact - free disk space, then add --resume") from None
+            return train_reporting_errors(run)
         except MaskDesyncError as err:
             run.log(f"error: {err}")
             run.write_summary("failed: masks differ between ranks")

@@ -47,8 +47,6 @@ def imagenet_resnet(arch: str = "resnet50", num_classes: int = 1000, in_channels
         raise ValueError(f"unknown ImageNet ResNet {arch!r}; choose one of {', '.join(ARCHS)}")
     import torchvision  # here, not at module level: it costs every script's start-up several seconds
 
-    import torchvision  # here, so that importing the model zoo stays light
-
     model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
     if in_channels != 3:
         model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)

@@ -1026,7 +1026,7 @@ class Evaluator:
         c = self.cfg
         out = []
         if self.corruption_kind == "generated":
-            from .corruptions import CORRUPTIONS, corrupt
+            from .corruptions import corrupt
 
             for name in self.gen_names:
                 ci = zlib.crc32(name.encode())

@@ -13,7 +13,6 @@ Run ``python -m sparselearning.flops --model wrn-28-10 --data cifar10 --density 
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from typing import Mapping
 

@@ -17,8 +17,7 @@ Semantics, chosen on purpose (see the README's "Decisions"):
 from __future__ import annotations
 
 import fnmatch
-import math
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn

@@ -17,7 +17,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -515,11 +515,16 @@ def main(script: str, argv: list[str] | None = None) -> dict:
         changed = " ".join(f"--{k}={v}" for k, v in sorted(run.fingerprint().items()) if defaults.get(k) != v)
         run.log(f"main_{script}.py started {datetime.datetime.now().isoformat(timespec='seconds')} on {run.device}: "
                 f"{changed} (all flags in summary.json)")
-        try:
-            return run.train()
-        except NonFiniteLossError as err:
-            run.write_summary("failed: non-finite loss")
-            raise UsageError(str(err)) from None
-        except OSError as err:  # e.g. train.log on a full disk (checkpoints raise ckpt.WriteError themselves)
-            raise UsageError(f"could not write {err.filename or run.run_dir} ({err.strerror or err}); the last "
-                             f"complete checkpoint is intact - free disk space, then add --resume") from None
+        return train_reporting_errors(run)
+
+
+def train_reporting_errors(run: Run) -> dict:
+    """run.train(), with a non-finite loss or a failed write turned into a one-line error."""
+    try:
+        return run.train()
+    except NonFiniteLossError as err:
+        run.write_summary("failed: non-finite loss")
+        raise UsageError(str(err)) from None
+    except OSError as err:  # e.g. train.log on a full disk (checkpoints raise ckpt.WriteError themselves)
+        raise UsageError(f"could not write {err.filename or run.run_dir} ({err.strerror or err}); the last "
+                         f"complete checkpoint is intact - free disk space, then add --resume") from None
