@@ -9,6 +9,7 @@ Targets: masked step <= 1.3x the plain step; one topology update < 0.5 s.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -25,7 +26,10 @@ def main() -> None:
     parser.add_argument("--density", type=float, default=0.2)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
 
@@ -72,8 +76,9 @@ def main() -> None:
     reexplore_t = statistics.median(update(0.8) for _ in range(max(3, args.repeats // 3)))
     mask_bytes = sum(m.numel() * m.element_size() for m in mask.masks.values())
     n_weights = sum(m.numel() for m in mask.masks.values())
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"device {device}, torch {torch.__version__}")
+    load = "/".join(f"{v:.2f}" for v in os.getloadavg())
+    print(f"machine: {os.cpu_count()} CPUs ({platform.machine()}), load average {load} (1/5/15 min), "
+          f"{torch.get_num_threads()} threads, device {device}, torch {torch.__version__}")
     print(f"model {args.model}, density {args.density}, {n_weights:,} sparse-layer weights")
     print(f"plain optimizer step : {plain * 1e3:8.1f} ms")
     print(f"masked step          : {masked * 1e3:8.1f} ms   ratio {masked / plain:.2f}x (target <= 1.3x)")

@@ -304,9 +304,8 @@ def collect(plan: Plan) -> dict:
         dense_flops = statistics.fmean(s["training_flops"] for s in dense_runs)
         dense_params = dense_runs[0]["parameters"]["active"]
         rows_deep = load_rows(plan.ensemble_dir("deep", r))
-        members = sorted({row["member"] for row in rows_deep if row["mode"] == "predict"
-                          and row["member"].endswith(".pth")})
-        for m, s in zip(members, dense_runs):
+        for seed, s in zip(plan.seeds(r), dense_runs):  # each dense run is one member of the deep ensemble
+            m = (plan.run_dir("dense", r, seed) / "model.pth").relative_to(plan.ensemble_dir("deep", r)).as_posix()
             per["dense"].append({**metrics_of(rows_deep, m, plan.ood), "disagreement": None, "kl": None,
                                  "flops_rel": s["training_flops"] / dense_flops, "params": dense_params,
                                  "replicate": r, "member": m})
@@ -398,7 +397,8 @@ def claims(table: list[dict]) -> list[dict]:
 
 def render(result: dict, plan: Plan, info: dict) -> tuple[str, str]:
     table = result["table"]
-    ood_name = "MNIST" if plan.ood == ["mnist"] else " + ".join(plan.ood) + " noise (mean)"
+    ood_name = ("MNIST" if plan.ood == ["mnist"] else
+                " + ".join(plan.ood) + (" noise (mean of the AUROCs)" if len(plan.ood) > 1 else " noise"))
     head = ["Method", "M", "n"] + [HEADERS[c] for c in COLUMNS]
     body = [[r["label"], str(r["M"]), str(r["n"])] + [fmt_cell(r, c) for c in COLUMNS] for r in table]
     widths = [max(len(x[i]) for x in [head] + body) for i in range(len(head))]
@@ -482,12 +482,17 @@ def main(argv: list[str] | None = None) -> None:
     result = collect(plan)
     info["loadavg_end"] = machine_info()["loadavg"]
     info["wall_seconds"] = None if args.table_only else time.time() - start
+    command = " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])
+    if args.table_only and (out / "table.json").is_file():  # keep the training run's machine record
+        previous = json.loads((out / "table.json").read_text())
+        if previous.get("machine", {}).get("wall_seconds") is not None:
+            info, command = previous["machine"], previous.get("command", command)
     text, md = render(result, plan, info)
     result["claims"] = claims(result["table"])
     verdicts = "\n".join(f"- [{c['verdict']}] {c['claim']}: {c['evidence']}" for c in result["claims"])
     print("\n" + text + "\n\nThe paper's claims at this scale:\n" + verdicts)
     result.update({"plan": {k: (str(v) if isinstance(v, Path) else v) for k, v in plan.__dict__.items()},
-                   "machine": info, "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
+                   "machine": info, "command": command,
                    "created": datetime.datetime.now().isoformat(timespec="seconds")})
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.json").write_text(json.dumps(result, indent=1))
