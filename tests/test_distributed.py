@@ -1,7 +1,4 @@
 """Two CPU processes (gloo): ranks see different data, masks stay identical across updates."""
-import os
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
@@ -12,15 +9,9 @@ from sparselearning.distributed import MaskDesyncError, mask_checksum
 from sparselearning.masking import Masking
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank, world, port, growth_mode, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _worker(rank, world, growth_mode, out_dir):
+    # a file rendezvous: no TCP port that another process could take in between
+    dist.init_process_group("gloo", init_method=f"file://{out_dir}/rendezvous", rank=rank, world_size=world)
     torch.manual_seed(100 + rank)  # deliberately rank-dependent: masks must not depend on it
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 5))
     ddp = nn.parallel.DistributedDataParallel(model)  # broadcasts rank 0's weights
@@ -56,7 +47,7 @@ def _worker(rank, world, port, growth_mode, out_dir):
 
 @pytest.mark.parametrize("growth_mode", ["gradient", "random"])
 def test_masks_identical_across_ranks(growth_mode, tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), growth_mode, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, growth_mode, str(tmp_path)), nprocs=2, join=True)
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert r0["updates"] == r1["updates"] == 5
