@@ -21,14 +21,14 @@ machine's changing load. Tickets: by default M random sparse tickets (ERK, ``--d
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from sparselearning.machine import machine_info
 
 from models import get_model
 from sparselearning.checkpoint import atomic_save, build_ticket, load_ticket, ticket_model
@@ -37,18 +37,6 @@ from sparselearning.evaluate import EvalConfig, discover_tickets, evaluate
 from sparselearning.masking import Masking
 
 FEW_CORRUPTIONS = "gaussian_noise,contrast,motion_blur"
-
-
-def machine_info() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    load = "/".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
-    return (f"{os.cpu_count()} CPUs ({cpu}), load average {load} (1/5/15 min), torch {torch.__version__} "
-            f"with {torch.get_num_threads()} threads")
 
 
 def write_random_tickets(folder: Path, model_name: str, data: str, M: int, density: float) -> list[Path]:

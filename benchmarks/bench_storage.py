@@ -11,28 +11,17 @@ dense file.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from sparselearning.machine import machine_info
+
 from models import get_model
 from sparselearning.checkpoint import atomic_save, build_ticket, load_ticket, ticket_state_dict
 from sparselearning.masking import Masking
-
-
-def machine_info() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    load = "/".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
-    return f"{os.cpu_count()} CPUs ({cpu}), load average {load} (1/5/15 min), torch {torch.__version__}"
 
 
 def measure(model_name: str, densities: list[float], num_classes: int = 10, verify: bool = True) -> list[dict]:

@@ -22,29 +22,17 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
-import platform
 import statistics
 import time
 
 import torch
 
+from sparselearning.machine import machine_info
+
 from models import get_model
 from sparselearning.data import make_loaders
 from sparselearning.masking import Masking
 from sparselearning.train import autocast_context, train_one_epoch
-
-
-def machine_info() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    load = "/".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
-    return (f"{os.cpu_count()} CPUs ({cpu}), load average {load} (1/5/15 min), torch {torch.__version__} "
-            f"with {torch.get_num_threads()} threads")
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -50,6 +50,7 @@ Outputs under ``--output-dir`` (default ``results/reproduce_small/{full,quick}``
 """
 from __future__ import annotations
 
+from sparselearning.machine import cpu_name, load_average
 import argparse
 import csv
 import datetime
@@ -83,14 +84,7 @@ HEADERS = {"acc": "Acc (%)", "nll": "NLL", "ece": "ECE", "ood_auroc": "OoD AUROC
 
 # ============================================================================ machine
 def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    load = list(os.getloadavg()) if hasattr(os, "getloadavg") else []
-    return {"nproc": os.cpu_count(), "cpu": cpu, "loadavg": [round(v, 2) for v in load],
+    return {"nproc": os.cpu_count(), "cpu": cpu_name(), "loadavg": load_average(),
             "python": platform.python_version()}
 
 
