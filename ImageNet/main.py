@@ -51,7 +51,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DistributedSampler
 
 from models.imagenet_resnet import ARCHS, INITS, imagenet_resnet
 from sparselearning import checkpoint as ckpt
@@ -60,7 +60,7 @@ from sparselearning.distributed import MaskDesyncError, mask_checksum
 from sparselearning.errors import OneLineArgumentParser, UsageError
 from sparselearning.flops import FlopsAccountant, dense_training_flops, profile_model
 from sparselearning.imagenet import (DeviceBatches, ShardSampler, check_root, first_batches, image_folder,
-                                     imagenet_spec)
+                                     image_loader, imagenet_spec)
 from sparselearning.masking import DEATH_MODES, Masking
 from sparselearning.schedules import death_rate as scheduled_death_rate
 from sparselearning.train import (Run, RunLock, autocast_context, dense_gradients, evaluate_model, fmt_density,
@@ -539,16 +539,15 @@ class ImageNetRun(Run):
             raise UsageError(f"{self.root / 'train'} has {len(train_set)} images: fewer than one batch of "
                              f"{args.batch_size} for each of {env.world} processes; lower -b/--batch-size")
         self.spec = imagenet_spec(len(self.classes), args.image_size, len(train_set))
-        pin = device.type == "cuda"
         sampler = DistributedSampler(train_set, num_replicas=env.world, rank=env.rank, shuffle=True, seed=args.seed,
                                      drop_last=True)
         self.train_loader = DeviceBatches(
-            DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
-                       pin_memory=pin, drop_last=True), device, self.spec.mean, self.spec.std)
+            image_loader(train_set, args.batch_size, args.workers, device, sampler=sampler, drop_last=True),
+            device, self.spec.mean, self.spec.std)
         self.val_loader = DeviceBatches(
-            DataLoader(self.val_set, batch_size=args.batch_size, sampler=ShardSampler(len(self.val_set), env.rank,
-                                                                                      env.world),
-                       num_workers=args.workers, pin_memory=pin), device, self.spec.mean, self.spec.std)
+            image_loader(self.val_set, args.batch_size, args.workers, device,
+                         sampler=ShardSampler(len(self.val_set), env.rank, env.world)),
+            device, self.spec.mean, self.spec.std)
         self.loader_generator = torch.Generator()  # kept for Run's resume state; epochs are seeded by derived_seed
         torch.manual_seed(args.seed)
         self.model = imagenet_resnet(args.arch, len(self.classes), 3, args.model_config).to(device)

@@ -50,7 +50,6 @@ Outputs under ``--output-dir`` (default ``results/reproduce_small/{full,quick}``
 """
 from __future__ import annotations
 
-from sparselearning.machine import cpu_name, load_average
 import argparse
 import csv
 import datetime
@@ -65,6 +64,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from sparselearning.machine import cpu_name, load_average
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL, DATA = "cnn-small", "fashionmnist"

@@ -11,7 +11,7 @@ from typing import Mapping
 
 import torch
 
-from .selection import top_k_indices
+from .selection import top_k_mask
 
 
 def num_to_remove(n_active: int, rate: float) -> int:
@@ -20,14 +20,10 @@ def num_to_remove(n_active: int, rate: float) -> int:
 
 
 def _remove_lowest(score: torch.Tensor, mask: torch.Tensor, n_remove: int) -> torch.Tensor:
-    """Drop the n_remove active entries with the lowest score (top-k over the active entries only)."""
-    new_mask = mask.clone()
+    """Drop the n_remove active entries with the lowest score."""
     if n_remove <= 0:
-        return new_mask
-    active = mask.flatten().nonzero().squeeze(1)
-    drop = top_k_indices(score.flatten()[active], n_remove, largest=False)
-    new_mask.view(-1)[active[drop]] = False
-    return new_mask
+        return mask.clone()
+    return mask & ~top_k_mask(score, n_remove, largest=False, among=mask)
 
 
 def magnitude_death(weight: torch.Tensor, mask: torch.Tensor, n_remove: int) -> torch.Tensor:
@@ -60,14 +56,12 @@ def global_magnitude_death(weights: Mapping[str, torch.Tensor], masks: Mapping[s
                            n_remove: int) -> dict[str, torch.Tensor]:
     """Remove the n_remove smallest-magnitude active weights across all layers together."""
     names = list(weights)
-    flat = torch.cat([weights[n].detach().abs().flatten().float()
-                      .masked_fill(~masks[n].flatten(), float("inf")).cpu() for n in names])
-    keep = torch.ones(flat.numel(), dtype=torch.bool)
-    if n_remove > 0:
-        keep[top_k_indices(flat, n_remove, largest=False)] = False
+    flat = torch.cat([weights[n].detach().abs().flatten().float().cpu() for n in names])
+    active = torch.cat([masks[n].flatten().cpu() for n in names])
+    removed = top_k_mask(flat, n_remove, largest=False, among=active)
     out, offset = {}, 0
     for n in names:
         m = masks[n]
-        out[n] = m & keep[offset:offset + m.numel()].view_as(m).to(m.device)
+        out[n] = m & ~removed[offset:offset + m.numel()].view_as(m).to(m.device)
         offset += m.numel()
     return out

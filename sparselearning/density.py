@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from .selection import top_k_indices
+from .selection import top_k_mask
 
 Shape = Sequence[int]
 
@@ -98,8 +98,7 @@ def global_magnitude_masks(weights: Mapping[str, torch.Tensor], keep_fraction: f
         raise ValueError(f"keep fraction must be in (0, 1], got {keep_fraction}")
     flat = torch.cat([w.detach().abs().flatten().float().cpu() for w in weights.values()])
     keep = max(1, math.floor(flat.numel() * keep_fraction))
-    chosen = torch.zeros(flat.numel(), dtype=torch.bool)
-    chosen[top_k_indices(flat, keep)] = True
+    chosen = top_k_mask(flat, keep)
     masks, offset = {}, 0
     for name, w in weights.items():
         masks[name] = chosen[offset:offset + w.numel()].view_as(w).to(w.device)

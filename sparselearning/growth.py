@@ -8,28 +8,24 @@ from __future__ import annotations
 
 import torch
 
-from .selection import top_k_indices
+from .selection import top_k_mask
 
 
 def _grow_highest(score: torch.Tensor, mask: torch.Tensor, n_grow: int) -> torch.Tensor:
-    new_mask = mask.clone()
-    n_grow = min(n_grow, int(torch.count_nonzero((~mask))))
+    """Switch on the n_grow inactive entries with the highest score."""
     if n_grow <= 0:
-        return new_mask
-    flat = score.flatten().float().masked_fill_(mask.flatten(), float("-inf"))  # score is a fresh copy
-    grow = top_k_indices(flat, n_grow, largest=True)
-    new_mask.view(-1)[grow] = True
-    return new_mask
+        return mask.clone()
+    return mask | top_k_mask(score, n_grow, largest=True, among=~mask)
 
 
 def gradient_growth(mask: torch.Tensor, grad: torch.Tensor, n_grow: int) -> torch.Tensor:
     """RigL: grow where the current mini-batch gradient is largest in magnitude."""
-    return _grow_highest(grad.detach().abs().float(), mask, n_grow)
+    return _grow_highest(grad.detach().abs(), mask, n_grow)
 
 
 def momentum_growth(mask: torch.Tensor, momentum: torch.Tensor, n_grow: int) -> torch.Tensor:
     """Sparse momentum: grow where the (dense) gradient momentum is largest in magnitude."""
-    return _grow_highest(momentum.detach().abs().float(), mask, n_grow)
+    return _grow_highest(momentum.detach().abs(), mask, n_grow)
 
 
 def random_growth(mask: torch.Tensor, n_grow: int, generator: torch.Generator) -> torch.Tensor:
@@ -38,5 +34,5 @@ def random_growth(mask: torch.Tensor, n_grow: int, generator: torch.Generator) -
     The random scores come from a CPU generator so that every rank and device makes the same
     choice for the same generator state.
     """
-    score = torch.rand(mask.numel(), generator=generator).to(mask.device)
+    score = torch.rand(mask.numel(), generator=generator).to(mask.device).view(mask.shape)
     return _grow_highest(score, mask, n_grow)

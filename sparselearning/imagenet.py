@@ -16,6 +16,7 @@ there is no separate test split.
 from __future__ import annotations
 
 import math
+import multiprocessing
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -28,6 +29,7 @@ from .errors import UsageError
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "IMAGENET_CLASSES", "VAL_CROP_FRACTION", "check_root", "imagenet_spec",
     "train_transform", "val_transform", "image_folder", "ShardSampler", "DeviceBatches",
+    "image_loader",
     "imagenet_val_batches", "first_batches",
 ]
 
@@ -96,6 +98,23 @@ def imagenet_spec(num_classes: int = IMAGENET_CLASSES, image_size: int = 224, tr
                        tuple(float(s) for s in std), int(train_size), 0, "constant", False)
 
 
+def image_loader(dataset, batch_size: int, workers: int, device: torch.device | str, **kwargs) -> DataLoader:
+    """A DataLoader whose worker processes start from a fork server, not by forking this process.
+
+    By the time a loader is iterated, this process runs threads (gloo, OpenMP, tqdm); a fork taken
+    while one of them holds a lock can leave a worker deadlocked for good (seen here as a one-in-six
+    hang of a two-process CPU run). The fork server is a clean single-threaded process.
+    """
+    context = None
+    if workers > 0 and "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        # imported once in the server, not again in each worker of each epoch
+        context.set_forkserver_preload(["torch", "torchvision.datasets", "torchvision.transforms", "PIL.Image",
+                                        "sparselearning.imagenet"])
+    return DataLoader(dataset, batch_size=batch_size, num_workers=workers, multiprocessing_context=context,
+                      pin_memory=torch.device(device).type == "cuda", **kwargs)
+
+
 class ShardSampler(Sampler[int]):
     """Indices rank, rank + world, ...: every sample exactly once over all ranks (no padding).
 
@@ -160,8 +179,7 @@ def imagenet_val_batches(root: str | Path, image_size: int = 224, batch_size: in
 
         classes, _ = find_classes(str(root / "train"))
     ds = image_folder(root, "val", image_size, classes)
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=torch.device(device).type == "cuda")
+    loader = image_loader(ds, batch_size, workers, device, shuffle=False)
     spec = imagenet_spec(len(classes), image_size, 0, mean, std)
     return DeviceBatches(loader, device, mean, std), spec
 

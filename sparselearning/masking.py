@@ -36,6 +36,15 @@ SPARSE_INITS = ("ERK", "ER", "uniform", "pruning", "resume")
 ZERO_PRESERVING_OPTIMIZERS = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
 
 
+def as_factor(mask: torch.Tensor) -> torch.Tensor:
+    """A bool mask viewed as uint8 0/1, free: ``x.mul_(as_factor(mask))`` zeroes x outside the mask.
+
+    A float tensor times a uint8 one runs about 1.6x faster on the CPU than times a bool one (the
+    bool path converts element by element) and costs no memory: the view shares the mask's bytes.
+    """
+    return mask.view(torch.uint8)
+
+
 class InvariantError(RuntimeError):
     """A sparse-training invariant was violated (names the layer)."""
 
@@ -159,16 +168,19 @@ class Masking:
         return [n for n, m in self.masks.items() if self.budgets[n] < m.numel()]
 
     # ------------------------------------------------------------------ per step
+    def _weight_shaped_state(self, p: nn.Parameter) -> list[tuple[str, torch.Tensor]]:
+        """The optimizer's per-weight tensors of p (momentum, Adam moments), not its scalars."""
+        return [(k, v) for k, v in self.optimizer.state.get(p, {}).items() if torch.is_tensor(v) and v.shape == p.shape]
+
     @torch.no_grad()
     def apply_mask(self, masks: Mapping[str, torch.Tensor] | None = None) -> None:
-        """Zero the weights and their optimizer state outside the masks."""
+        """Zero the weights and their optimizer state outside the masks (a NaN stays NaN)."""
         masks = self.masks if masks is None else masks
         for name, p in self.params.items():
-            inactive = ~masks[name]
-            p.masked_fill_(inactive, 0)
-            for value in self.optimizer.state.get(p, {}).values():
-                if torch.is_tensor(value) and value.shape == p.shape:
-                    value.masked_fill_(inactive, 0)
+            factor = as_factor(masks[name])
+            p.detach().mul_(factor)
+            for _, value in self._weight_shaped_state(p):
+                value.mul_(factor)
 
     def is_update_step(self, step: int | None = None) -> bool:
         step = self.steps + 1 if step is None else step
@@ -195,16 +207,17 @@ class Masking:
             torch._foreach_add_(moms, grads)
         if not update_now:
             # masked gradient -> inactive weights and optimizer state stay exactly zero (one pass)
-            live = [(self.params[n].grad, self.masks[n]) for n in self.updatable if self.params[n].grad is not None]
+            live = [(self.params[n].grad, as_factor(self.masks[n])) for n in self.updatable
+                    if self.params[n].grad is not None]
             if live:
-                torch._foreach_mul_([g for g, _ in live], [m for _, m in live])
+                torch._foreach_mul_([g for g, _ in live], [f for _, f in live])
         (optimizer_step or self.optimizer.step)()
         if update_now:
             # the dense gradient is still in p.grad: use it for growth; everything not kept is zeroed after
             self.truncate_weights(self.current_death_rate())
         elif not isinstance(self.optimizer, ZERO_PRESERVING_OPTIMIZERS):
             for p, name in zip(params, self.params):
-                p.detach().masked_fill_(~self.masks[name], 0)
+                p.detach().mul_(as_factor(self.masks[name]))
         return update_now
 
     # ------------------------------------------------------------------ topology update
@@ -230,14 +243,15 @@ class Masking:
             after = {n: death.threshold_death(weights[n], old[n], self.threshold) for n in names}
         else:
             rule = death.magnitude_death if self.death_mode == "magnitude" else death.set_death
-            after = {n: rule(weights[n], old[n], death.num_to_remove(int(torch.count_nonzero(old[n])), rate)) for n in names}
-        removed = {n: int(torch.count_nonzero(old[n])) - int(torch.count_nonzero(after[n])) for n in names}
+            after = {n: rule(weights[n], old[n], death.num_to_remove(self.budgets[n], rate)) for n in names}
+        kept = {n: int(torch.count_nonzero(after[n])) for n in names}
+        removed = {n: self.budgets[n] - kept[n] for n in names}
         # how many each layer regrows: what it lost, or a share of the total by layer score
         if self.redistribution_mode == "none":
             regrow = removed
         else:
             scores = redistribution.layer_scores(self.redistribution_mode, weights, after, self.grad_momentum)
-            capacity = {n: after[n].numel() - int(torch.count_nonzero(after[n])) for n in names}
+            capacity = {n: after[n].numel() - kept[n] for n in names}
             regrow = redistribution.split_budget(scores, sum(removed.values()), capacity)
         # growth
         new = {}
@@ -251,15 +265,15 @@ class Masking:
                 new[n] = growth.momentum_growth(after[n], self.grad_momentum[n], regrow[n])
             else:
                 new[n] = growth.random_growth(after[n], regrow[n], self.generator)
-        # kept weights keep their value and state; pruned and grown ones are zero
+        # kept weights keep their value and state; pruned and grown ones are zero: grown positions
+        # lie outside `after`, so this one pass zeroes both
         self.apply_mask({**self.masks, **after})
         for n in names:
             self.masks[n] = new[n]
-            self.budgets[n] = int(torch.count_nonzero(after[n])) + regrow[n]
+            self.budgets[n] = kept[n] + regrow[n]
             self.explored[n] |= new[n]
             if n in self.grad_momentum:
-                self.grad_momentum[n].mul_(new[n])
-        self.apply_mask()
+                self.grad_momentum[n].mul_(as_factor(new[n]))
         self.num_updates += 1
         self.last_update = {"rate": float(rate), "removed": int(sum(removed.values()))}
         if self.check_invariants_after_update:
@@ -270,16 +284,20 @@ class Masking:
     @torch.no_grad()
     def check_invariants(self) -> None:
         """Per-layer count equals its budget; inactive weights and optimizer state are zero; no NaN."""
+        def nonzero_where_inactive(t: torch.Tensor, mask: torch.Tensor) -> bool:
+            return bool(torch.gt(t != 0, mask).any())  # (t != 0) and not mask, in two byte-sized passes
+
         for name, p in self.params.items():
-            mask = self.masks[name]
-            if int(torch.count_nonzero(mask)) != self.budgets[name]:
-                raise InvariantError(f"{name}: {int(torch.count_nonzero(mask))} active weights, budget {self.budgets[name]}")
-            if torch.count_nonzero(torch.where(mask, 0, p.detach())) != 0:
-                raise InvariantError(f"{name}: inactive weights are not zero")
-            if not torch.isfinite(p.detach()).all():
+            mask, w = self.masks[name], p.detach()
+            active = int(torch.count_nonzero(mask))
+            if active != self.budgets[name]:
+                raise InvariantError(f"{name}: {active} active weights, budget {self.budgets[name]}")
+            if not all(torch.isfinite(v) for v in torch.aminmax(w)):  # min and max are NaN if any entry is
                 raise InvariantError(f"{name}: weights contain NaN or infinity")
-            for key, value in self.optimizer.state.get(p, {}).items():
-                if torch.is_tensor(value) and value.shape == p.shape and torch.count_nonzero(torch.where(mask, 0, value)) != 0:
+            if nonzero_where_inactive(w, mask):
+                raise InvariantError(f"{name}: inactive weights are not zero")
+            for key, value in self._weight_shaped_state(p):
+                if nonzero_where_inactive(value, mask):
                     raise InvariantError(f"{name}: optimizer state '{key}' is not zero at inactive positions")
 
     def num_active(self) -> int:

@@ -189,11 +189,40 @@ def test_pruning_init_keeps_largest_globally():
         assert (weights[n][~m].abs() <= thresh).all()
 
 
-def test_invariant_violation_names_the_layer():
+def _one_inactive(mask, name):
+    return tuple(i[0] for i in (~mask.masks[name]).nonzero(as_tuple=True))
+
+
+def _one_active(mask, name):
+    return tuple(i[0] for i in mask.masks[name].nonzero(as_tuple=True))
+
+
+@pytest.mark.parametrize("fault,message", [
+    ("inactive weight", "inactive weights are not zero"),
+    ("nan weight", "NaN or infinity"),
+    ("inf weight", "NaN or infinity"),
+    ("momentum", "optimizer state 'momentum_buffer'"),
+    ("count", "active weights, budget"),
+])
+def test_invariant_violation_names_the_layer(fault, message):
     model, optimizer, mask = make()
+    x = torch.randn(4, 3, 8, 8)
+    model(x).sum().backward()
+    mask.step()  # creates the momentum buffers
+    mask.check_invariants()
+    name = "conv.weight"
     with torch.no_grad():
-        mask.params["conv.weight"][~mask.masks["conv.weight"]] = 1.0
-    with pytest.raises(InvariantError, match="conv.weight"):
+        if fault == "inactive weight":
+            mask.params[name][_one_inactive(mask, name)] = 1e-30  # one tiny value is enough
+        elif fault == "nan weight":
+            mask.params[name][_one_active(mask, name)] = float("nan")
+        elif fault == "inf weight":
+            mask.params[name][_one_inactive(mask, name)] = float("-inf")
+        elif fault == "momentum":
+            optimizer.state[mask.params[name]]["momentum_buffer"][_one_inactive(mask, name)] = -1.0
+        else:
+            mask.masks[name][_one_inactive(mask, name)] = True
+    with pytest.raises(InvariantError, match=f"{name}: .*{message}"):
         mask.check_invariants()
 
 
