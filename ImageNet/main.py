@@ -53,7 +53,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
-from models.imagenet_resnet import ARCHS, INITS, imagenet_resnet
+from models.imagenet_resnet import ARCHS, imagenet_resnet
+from models.init import INITS
 from sparselearning import checkpoint as ckpt
 from sparselearning.cli import add_sparse_args
 from sparselearning.distributed import MaskDesyncError, mask_checksum

@@ -21,25 +21,9 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from .init import init_weights
+
 ARCHS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-INITS: tuple[str, ...] = ("classic", "fanin")
-
-
-def init_weights(model: nn.Module, init: str = "classic") -> None:
-    """Re-initialise conv and BN parameters in place (``classic``: fan_out, ``fanin``: fan_in)."""
-    if init not in INITS:
-        raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
-    mode = "fan_out" if init == "classic" else "fan_in"
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode=mode, nonlinearity="relu")
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-
-
 def imagenet_resnet(arch: str = "resnet50", num_classes: int = 1000, in_channels: int = 3,
                     init: str = "classic") -> nn.Module:
     """torchvision ResNet ``arch`` for ``num_classes`` classes and ``in_channels``-channel images."""

@@ -12,14 +12,7 @@ RANDOM = {"gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "mot
           "elastic_transform"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These tests use many tiny tensor ops; on a small, busy machine torch's intra-op threads only add
-    contention (10x slower), so run them on one thread and restore the setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def _natural_like(n: int, c: int, s: int, seed: int) -> torch.Tensor:

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from sparselearning import data as D
 from sparselearning.errors import UsageError
 
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
 
 # =========================================================================== writers of the real formats
 def _rng(seed=0):
@@ -89,15 +91,6 @@ def write_svhn(root: Path, n=15, seed=3):
     scipy.io.savemat(str(root / "test_32x32.mat"), {"X": np.transpose(x, (2, 3, 1, 0)), "y": y.reshape(-1, 1)})
     return x, np.where(y == 10, 0, y)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These tests use many tiny tensor ops; on a small, busy machine torch's intra-op threads only add
-    contention (10x slower), so run them on one thread and restore the setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

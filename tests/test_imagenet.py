@@ -209,6 +209,19 @@ def test_val_batches_for_the_evaluator(image_root):
     assert -3 < float(x.min()) < 0 < float(x.max()) < 3  # normalised
 
 
+def test_worker_processes_start_from_a_fork_server(image_root):
+    """Same batches with 2 workers as in-process; the workers are not forks of this (threaded) process."""
+    import multiprocessing
+
+    serial, _ = imagenet_val_batches(image_root, image_size=32, batch_size=5, device="cpu", workers=0)
+    parallel, _ = imagenet_val_batches(image_root, image_size=32, batch_size=5, device="cpu", workers=2)
+    assert serial.loader.multiprocessing_context is None
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        assert parallel.loader.multiprocessing_context.get_start_method() == "forkserver"
+    for (xa, ya), (xb, yb) in zip(serial, parallel, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
 def test_bad_input_is_one_line_and_writes_nothing(image_root, tmp_path):
     from sparselearning.errors import UsageError
 

@@ -83,7 +83,6 @@ def test_invariants_hold_over_many_updates(opt, death_mode, growth_mode, redistr
     total = mask.num_active()
     budgets0 = dict(mask.budgets)
     dense = [n for n in mask.masks if mask.budgets[n] == mask.masks[n].numel()]
-    dense_before = {n: mask.params[n].detach().clone() for n in dense}
     for i in range(12):
         x, y = batch(i)
         optimizer.zero_grad()
