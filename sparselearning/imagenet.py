@@ -15,8 +15,12 @@ there is no separate test split.
 """
 from __future__ import annotations
 
+import functools
 import math
 import multiprocessing
+import os
+import threading
+import time
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -29,7 +33,7 @@ from .errors import UsageError
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "IMAGENET_CLASSES", "VAL_CROP_FRACTION", "check_root", "imagenet_spec",
     "train_transform", "val_transform", "image_folder", "ShardSampler", "DeviceBatches",
-    "image_loader",
+    "image_loader", "exit_with_trainer",
     "imagenet_val_batches", "first_batches",
 ]
 
@@ -105,14 +109,32 @@ def image_loader(dataset, batch_size: int, workers: int, device: torch.device | 
     while one of them holds a lock can leave a worker deadlocked for good (seen here as a one-in-six
     hang of a two-process CPU run). The fork server is a clean single-threaded process.
     """
-    context = None
+    context, init = None, None
     if workers > 0 and "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
         # imported once in the server, not again in each worker of each epoch
         context.set_forkserver_preload(["torch", "torchvision.datasets", "torchvision.transforms", "PIL.Image",
                                         "sparselearning.imagenet"])
+        init = functools.partial(exit_with_trainer, os.getpid())
     return DataLoader(dataset, batch_size=batch_size, num_workers=workers, multiprocessing_context=context,
-                      pin_memory=torch.device(device).type == "cuda", **kwargs)
+                      worker_init_fn=init, pin_memory=torch.device(device).type == "cuda", **kwargs)
+
+
+def exit_with_trainer(trainer_pid: int, worker_id: int, interval: float = 2.0) -> None:
+    """Worker init: end this worker once the training process is gone.
+
+    Torch's own watchdog watches the worker's parent, which is the fork server here. A trainer
+    killed while its workers are starting can leave a worker that never notices and idles forever.
+    """
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            try:
+                os.kill(trainer_pid, 0)  # signal 0: only asks whether the process exists
+            except (ProcessLookupError, PermissionError):  # gone (or its pid reused by another user)
+                os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-trainer", daemon=True).start()
 
 
 class ShardSampler(Sampler[int]):

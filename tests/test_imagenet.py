@@ -222,6 +222,37 @@ def test_worker_processes_start_from_a_fork_server(image_root):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
+def _alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists() and _state(pid) not in ("Z", "X", "")
+
+
+def test_a_worker_ends_when_its_trainer_is_gone():
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer exists
+    code = (f"import time; from sparselearning.imagenet import exit_with_trainer; "
+            f"exit_with_trainer({dead.pid}, 0, interval=0.1); time.sleep(60)")
+    start = time.time()
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=60)
+    assert r.returncode == 0 and time.time() - start < 30
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_killed_trainer_leaves_no_worker(image_root):
+    code = (f"import sys, time; from sparselearning.imagenet import imagenet_val_batches\n"
+            f"b, _ = imagenet_val_batches({str(image_root)!r}, image_size=32, batch_size=2, device='cpu', workers=2)\n"
+            f"it = iter(b.loader); next(it)\n"
+            f"print(*[w.pid for w in it._workers], flush=True); time.sleep(120)")
+    trainer = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    workers = [int(p) for p in trainer.stdout.readline().split()]
+    assert len(workers) == 2 and all(_alive(p) for p in workers)
+    trainer.kill()
+    trainer.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and any(_alive(p) for p in workers):
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in workers)
+
+
 def test_bad_input_is_one_line_and_writes_nothing(image_root, tmp_path):
     from sparselearning.errors import UsageError
 
