@@ -230,6 +230,7 @@ class Masking:
         """
         names = self.updatable
         if not names or rate <= 0:
+            self.apply_mask()  # nothing moves, but an update step's dense optimizer step must still be undone
             self.num_updates += 1
             self.last_update = {"rate": float(rate), "removed": 0}
             return {}

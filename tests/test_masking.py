@@ -264,3 +264,14 @@ def test_load_state_dict_rejects_other_model():
 def test_masks_memory_one_byte_per_weight():
     _, _, mask = make()
     assert all(m.element_size() == 1 for m in mask.masks.values())
+
+
+def test_update_step_with_zero_death_rate_keeps_inactive_weights_zero():
+    """An update step trains on the dense gradient; with nothing to prune it must still re-mask."""
+    model, optimizer, mask = make(freq=1)
+    mask.base_death_rate = 0.0
+    masks_before = {n: m.clone() for n, m in mask.masks.items()}
+    model(torch.randn(4, 3, 8, 8)).sum().backward()
+    assert mask.step()  # an update step
+    mask.check_invariants()
+    assert all(torch.equal(mask.masks[n], masks_before[n]) for n in masks_before)
