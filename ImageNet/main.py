@@ -789,8 +789,7 @@ def main(argv: list[str] | None = None) -> dict | list:
             run.close()
     resume_from = run.check_output_folder()  # refuses to overwrite a run, before anything is written
     run.build()  # bad data fails here, before the run folder exists
-    lock_wait = 30.0 if resume_from is not None else 0.0  # a killed run's data workers may linger a moment
-    with RunLock(run.run_dir, wait=lock_wait) if run.is_main else contextlib.nullcontext():
+    with RunLock(run.run_dir) if run.is_main else contextlib.nullcontext():
         run.writes_files = run.is_main
         if resume_from is not None:
             run.restore(resume_from)

@@ -94,9 +94,8 @@ class RunLock:
     middle of an atomic save) left behind: no other process can be writing them.
     """
 
-    def __init__(self, run_dir: Path, wait: float = 0.0):
+    def __init__(self, run_dir: Path):
         self.path = run_dir / ".lock"
-        self.wait = wait  # seconds to wait for a killed run's last processes (e.g. data workers) to exit
         self.fh = None
 
     def __enter__(self):
@@ -106,18 +105,12 @@ class RunLock:
         except OSError as err:
             raise UsageError(f"cannot write into the run folder {self.path.parent} ({err.strerror or err}); pass a "
                              f"writable --output-dir") from None
-        deadline = time.monotonic() + self.wait
-        while True:
-            try:
-                fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() < deadline:
-                    time.sleep(0.2)
-                    continue
-                self.fh.close()
-                raise UsageError(f"another run is writing into {self.path.parent}; wait for it or use another "
-                                 f"--output-dir") from None
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.fh.close()
+            raise UsageError(f"another run is writing into {self.path.parent}; wait for it or use another "
+                             f"--output-dir") from None
         for stale in (*self.path.parent.glob(".*.tmp"), *self.path.parent.glob("snapshots/.*.tmp")):
             stale.unlink(missing_ok=True)
         return self
@@ -511,8 +504,7 @@ def main(script: str, argv: list[str] | None = None) -> dict:
     run = Run(script, args)
     resume_from = run.check_output_folder()  # errors out before anything is written
     run.build()  # loads data and the pretrained model: bad input fails here, before the run folder exists
-    # resuming usually follows a crash: give the dead run's last processes a moment to release the lock
-    with RunLock(run.run_dir, wait=30.0 if resume_from is not None else 0.0):
+    with RunLock(run.run_dir):
         if resume_from is not None:
             run.restore(resume_from)
         elif args.overwrite:
