@@ -17,10 +17,9 @@ from pathlib import Path
 
 import torch
 
-from sparselearning.machine import machine_info
-
 from models import get_model
 from sparselearning.checkpoint import atomic_save, build_ticket, load_ticket, ticket_state_dict
+from sparselearning.machine import machine_info
 from sparselearning.masking import Masking
 
 

@@ -24,6 +24,8 @@ import torch.nn as nn
 from .init import init_weights
 
 ARCHS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+
+
 def imagenet_resnet(arch: str = "resnet50", num_classes: int = 1000, in_channels: int = 3,
                     init: str = "classic") -> nn.Module:
     """torchvision ResNet ``arch`` for ``num_classes`` classes and ``in_channels``-channel images."""
