@@ -36,13 +36,15 @@ SPARSE_INITS = ("ERK", "ER", "uniform", "pruning", "resume")
 ZERO_PRESERVING_OPTIMIZERS = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
 
 
-def as_factor(mask: torch.Tensor) -> torch.Tensor:
-    """A bool mask viewed as uint8 0/1, free: ``x.mul_(as_factor(mask))`` zeroes x outside the mask.
+@torch.no_grad()
+def zero_outside(tensors: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]) -> None:
+    """In place, ``t *= mask`` for each pair (bool masks of t's shape): zero outside, NaN stays NaN.
 
-    A float tensor times a uint8 one runs about 1.6x faster on the CPU than times a bool one (the
-    bool path converts element by element) and costs no memory: the view shares the mask's bytes.
+    The product reads each mask as uint8 0/1, a free view of its bytes: float times uint8 runs
+    about 1.6x faster on the CPU than float times bool (that path converts element by element).
     """
-    return mask.view(torch.uint8)
+    if tensors:
+        torch._foreach_mul_(list(tensors), [m.view(torch.uint8) for m in masks])
 
 
 class InvariantError(RuntimeError):
@@ -176,11 +178,9 @@ class Masking:
     def apply_mask(self, masks: Mapping[str, torch.Tensor] | None = None) -> None:
         """Zero the weights and their optimizer state outside the masks (a NaN stays NaN)."""
         masks = self.masks if masks is None else masks
-        for name, p in self.params.items():
-            factor = as_factor(masks[name])
-            p.detach().mul_(factor)
-            for _, value in self._weight_shaped_state(p):
-                value.mul_(factor)
+        pairs = [(t, masks[name]) for name, p in self.params.items()
+                 for t in (p.detach(), *(value for _, value in self._weight_shaped_state(p)))]
+        zero_outside([t for t, _ in pairs], [m for _, m in pairs])
 
     def is_update_step(self, step: int | None = None) -> bool:
         step = self.steps + 1 if step is None else step
@@ -207,17 +207,14 @@ class Masking:
             torch._foreach_add_(moms, grads)
         if not update_now:
             # masked gradient -> inactive weights and optimizer state stay exactly zero (one pass)
-            live = [(self.params[n].grad, as_factor(self.masks[n])) for n in self.updatable
-                    if self.params[n].grad is not None]
-            if live:
-                torch._foreach_mul_([g for g, _ in live], [f for _, f in live])
+            live = [n for n in self.updatable if self.params[n].grad is not None]
+            zero_outside([self.params[n].grad for n in live], [self.masks[n] for n in live])
         (optimizer_step or self.optimizer.step)()
         if update_now:
             # the dense gradient is still in p.grad: use it for growth; everything not kept is zeroed after
             self.truncate_weights(self.current_death_rate())
         elif not isinstance(self.optimizer, ZERO_PRESERVING_OPTIMIZERS):
-            for p, name in zip(params, self.params):
-                p.detach().mul_(as_factor(self.masks[name]))
+            zero_outside([p.detach() for p in params], [self.masks[n] for n in self.params])
         return update_now
 
     # ------------------------------------------------------------------ topology update
@@ -273,8 +270,8 @@ class Masking:
             self.masks[n] = new[n]
             self.budgets[n] = kept[n] + regrow[n]
             self.explored[n] |= new[n]
-            if n in self.grad_momentum:
-                self.grad_momentum[n].mul_(as_factor(new[n]))
+        momentum_names = [n for n in names if n in self.grad_momentum]
+        zero_outside([self.grad_momentum[n] for n in momentum_names], [new[n] for n in momentum_names])
         self.num_updates += 1
         self.last_update = {"rate": float(rate), "removed": int(sum(removed.values()))}
         if self.check_invariants_after_update:

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from sparselearning.masking import InvariantError, Masking
+from sparselearning.masking import InvariantError, Masking, zero_outside
 
 
 class TinyNet(nn.Module):
@@ -275,3 +275,20 @@ def test_update_step_with_zero_death_rate_keeps_inactive_weights_zero():
     assert mask.step()  # an update step
     mask.check_invariants()
     assert all(torch.equal(mask.masks[n], masks_before[n]) for n in masks_before)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_zero_outside_zeroes_outside_the_mask_and_keeps_nan(dtype):
+    torch.manual_seed(0)
+    tensors = [torch.randn(5, 7).to(dtype), torch.randn(3, 3, 2, 2).to(dtype)]
+    tensors[0][0, 0], tensors[0][1, 1] = float("nan"), float("nan")
+    masks = [torch.rand(t.shape) < 0.4 for t in tensors]
+    masks[0][0, 0], masks[0][1, 1] = True, False
+    expected = [t * m for t, m in zip(tensors, masks)]  # NaN * 0 is NaN
+    zero_outside(tensors, masks)
+    for t, m, e in zip(tensors, masks, expected):
+        assert t.dtype == dtype
+        assert torch.equal(t[~m & ~t.isnan()], torch.zeros_like(t[~m & ~t.isnan()]))
+        assert torch.equal(t.nan_to_num(), e.nan_to_num())
+    assert tensors[0][0, 0].isnan() and tensors[0][1, 1].isnan()
+    assert [m.dtype for m in masks] == [torch.bool, torch.bool]  # the masks are read, not converted
