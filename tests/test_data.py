@@ -92,7 +92,6 @@ def write_svhn(root: Path, n=15, seed=3):
     return x, np.where(y == 10, 0, y)
 
 
-
 @pytest.fixture(autouse=True)
 def _fresh_cache():
     D.clear_cache()
