@@ -57,13 +57,13 @@ from models.imagenet_resnet import ARCHS, imagenet_resnet
 from models.init import INITS
 from sparselearning import checkpoint as ckpt
 from sparselearning.cli import add_sparse_args
-from sparselearning.distributed import MaskDesyncError, mask_checksum
+from sparselearning.core.distributed import MaskDesyncError, mask_checksum
 from sparselearning.errors import OneLineArgumentParser, UsageError
-from sparselearning.flops import FlopsAccountant, dense_training_flops, profile_model
-from sparselearning.imagenet import (DeviceBatches, ShardSampler, check_root, first_batches, image_folder,
+from sparselearning.core.flops import FlopsAccountant, dense_training_flops, profile_model
+from sparselearning.data.imagenet import (DeviceBatches, ShardSampler, check_root, first_batches, image_folder,
                                      image_loader, imagenet_spec)
-from sparselearning.masking import DEATH_MODES, Masking
-from sparselearning.schedules import death_rate as scheduled_death_rate
+from sparselearning.core.masking import DEATH_MODES, Masking
+from sparselearning.core.schedules import death_rate as scheduled_death_rate
 from sparselearning.train import (Run, RunLock, autocast_context, dense_gradients, evaluate_model, fmt_density,
                                   pick_device, train_one_epoch, train_reporting_errors)
 

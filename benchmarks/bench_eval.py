@@ -2,7 +2,7 @@
 
 1. Baseline: M single-model test passes, each loading one ticket (``load_ticket`` + ``ticket_model``)
    and running it over the test set with its normalisation (no metrics, nothing written).
-2. The evaluator (``sparselearning.evaluate.evaluate``, what ``ensemble_freetickets.py`` runs) on the
+2. The evaluator (``sparselearning.evaluation.evaluate``, what ``ensemble_freetickets.py`` runs) on the
    M tickets with ``--mode predict`` and ``--no-cache``: member and ensemble accuracy and NLL, the
    first-k curve, results JSON/CSV. Target: at most 1.1x the baseline.
 3. ``--mode ood,corruption`` (``--ood-data gaussian,uniform``, a few generated corruptions), filling
@@ -31,9 +31,9 @@ import torch
 from models import get_model
 from sparselearning.checkpoint import atomic_save, build_ticket, load_ticket, ticket_model
 from sparselearning.data import BatchLoader, get_spec, load_split
-from sparselearning.evaluate import EvalConfig, discover_tickets, evaluate
+from sparselearning.evaluation import EvalConfig, discover_tickets, evaluate
 from sparselearning.machine import machine_info
-from sparselearning.masking import Masking
+from sparselearning.core.masking import Masking
 
 FEW_CORRUPTIONS = "gaussian_noise,contrast,motion_blur"
 

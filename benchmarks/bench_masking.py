@@ -19,7 +19,7 @@ import torch
 
 from models import get_model
 from sparselearning.machine import machine_info
-from sparselearning.masking import Masking, zero_outside
+from sparselearning.core.masking import Masking, zero_outside
 
 
 def main() -> None:

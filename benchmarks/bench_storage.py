@@ -20,7 +20,7 @@ import torch
 from models import get_model
 from sparselearning.checkpoint import atomic_save, build_ticket, load_ticket, ticket_state_dict
 from sparselearning.machine import machine_info
-from sparselearning.masking import Masking
+from sparselearning.core.masking import Masking
 
 
 def measure(model_name: str, densities: list[float], num_classes: int = 10, verify: bool = True) -> list[dict]:

@@ -30,7 +30,7 @@ import torch
 from models import get_model
 from sparselearning.data import make_loaders
 from sparselearning.machine import machine_info
-from sparselearning.masking import Masking
+from sparselearning.core.masking import Masking
 from sparselearning.train import autocast_context, train_one_epoch
 
 

@@ -1,6 +1,6 @@
 """Training FLOPs and parameter counts of the paper's configurations, by the project's FLOPs accounting.
 
-Every figure comes from ``sparselearning.flops``, the accounting the training engine itself uses:
+Every figure comes from ``sparselearning.core.flops``, the accounting the training engine itself uses:
 per-layer dense forward FLOPs measured once (``profile_model``, one batch-1 forward), a sparse
 layer costing its density times its dense FLOPs, ``step_flops`` per optimizer step (3x forward,
 or 2x sparse + 1x dense forward at a topology update with gradient growth), and EDST's
@@ -40,8 +40,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from sparselearning.density import allocate_densities, count_for_density, global_magnitude_masks
-from sparselearning.flops import DENSE_REFERENCE_EPOCHS, FlopsProfile, dense_training_flops, profile_model, step_flops
+from sparselearning.core.density import allocate_densities, count_for_density, global_magnitude_masks
+from sparselearning.core.flops import DENSE_REFERENCE_EPOCHS, FlopsProfile, dense_training_flops, profile_model, step_flops
 
 CIFAR_TRAIN = 45_000
 CIFAR_BATCH = 128

@@ -29,7 +29,7 @@ Metrics (from the evaluation's results JSON): accuracy and NLL of the ensemble (
 probabilities); ECE with 15 equal-width bins; OoD AUROC of the max-softmax score, Fashion-MNIST test
 against MNIST when its files are present, else the mean over Gaussian and uniform noise images;
 corrupted accuracy: mean over the generated corruptions ``--corruptions`` x 5 severities
-(``sparselearning.corruptions``; default gaussian_noise and motion_blur, which degrade cnn-small
+(``sparselearning.data.corruptions``; default gaussian_noise and motion_blur, which degrade cnn-small
 gradually - contrast, brightness and fog lift Fashion-MNIST's black background and put every model
 near chance from severity 2 on, so they do not separate methods; each corruption costs 5 test
 passes per ticket, hence a subset); disagreement: mean pairwise top-1 disagreement of the members;
@@ -447,7 +447,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("need --epochs >= 2, --replicates >= 1, -M >= 2, --density in (0, 1), --jobs/--threads >= 1")
     corruptions = [c for c in (args.corruptions or ("motion_blur" if args.quick else "gaussian_noise,motion_blur"))
                    .split(",") if c.strip()]
-    from sparselearning.corruptions import CORRUPTIONS
+    from sparselearning.data.corruptions import CORRUPTIONS
     from sparselearning.data import load_split
     from sparselearning.errors import UsageError
 

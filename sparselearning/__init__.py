@@ -1,2 +1,2 @@
-"""sparselearning: a dynamic-sparse-training core (Masking) and the FreeTickets training engine."""
+"""sparselearning: the sparse-training core (`sparselearning.core`) and the FreeTickets experiment harness around it."""
 __version__ = "0.1.0"

@@ -9,8 +9,8 @@ import argparse
 import math
 
 from .errors import OneLineArgumentParser, UsageError
-from .masking import DEATH_MODES, GROWTH_MODES, REDISTRIBUTION_MODES
-from .schedules import DEATH_SCHEDULES
+from .core.masking import DEATH_MODES, GROWTH_MODES, REDISTRIBUTION_MODES
+from .core.schedules import DEATH_SCHEDULES
 
 SCRIPTS = ("individual", "DST", "EDST", "PF")
 DEFAULT_EPOCHS = {"individual": 250, "DST": 250, "EDST": 450, "PF": 250}

@@ -30,9 +30,9 @@ from . import checkpoint as ckpt
 from .cli import build_parser, validate
 from .data import DatasetSpec, get_spec, make_loaders
 from .errors import UsageError
-from .flops import FlopsAccountant, dense_training_flops, profile_model
-from .masking import Masking
-from .schedules import EDSTSchedule, step_lr
+from .core.flops import FlopsAccountant, dense_training_flops, profile_model
+from .core.masking import Masking
+from .core.schedules import EDSTSchedule, step_lr
 
 # flags that may differ between an interrupted run and its --resume
 RESUME_FREE_FLAGS = {"resume", "overwrite", "device", "no_cuda", "workers", "log_interval", "data_dir",

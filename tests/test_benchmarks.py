@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sparselearning.flops import FlopsAccountant, FlopsProfile
+from sparselearning.core.flops import FlopsAccountant, FlopsProfile
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sparselearning import corruptions as C
+from sparselearning.data import corruptions as C
 from sparselearning.errors import UsageError
 
 RANDOM = {"gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "motion_blur", "fog",

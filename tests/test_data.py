@@ -473,7 +473,7 @@ def test_ood_real_sets_convert_channels_and_size(tmp_path):
     assert int(m[:, :, :2].sum()) == 0 and int(m[:, :, :, 30:].sum()) == 0
     # Channel conversion of flat colours: gray = round(0.299 r + 0.587 g + 0.114 b), size change keeps flat.
     flat = torch.tensor([200, 100, 50], dtype=torch.uint8).view(1, 3, 1, 1).expand(2, 3, 32, 32)
-    gray = D._to_size(D._to_channels(flat, 1), 28)
+    gray = D.to_size(D.to_channels(flat, 1), 28)
     assert gray.shape == (2, 1, 28, 28) and bool((gray == round(0.299 * 200 + 0.587 * 100 + 0.114 * 50)).all())
     with pytest.raises(UsageError):
         D.ood_images("svhn", D.get_spec("cifar10"), 1000, str(tmp_path), None)

@@ -2,8 +2,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from sparselearning import death, growth
-from sparselearning.redistribution import layer_scores, split_budget
+from sparselearning.core import death, growth
+from sparselearning.core.redistribution import layer_scores, split_budget
 
 
 def _layer(seed, n=200, density=0.4):

@@ -4,7 +4,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from sparselearning.density import (allocate_densities, count_for_density, erk_densities, global_magnitude_masks,
+from sparselearning.core.density import (allocate_densities, count_for_density, erk_densities, global_magnitude_masks,
                                     random_mask)
 
 SHORTCUTS = [f"block{b}.layer.0.convShortcut.weight" for b in (1, 2, 3)]

@@ -5,8 +5,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from sparselearning.distributed import MaskDesyncError, mask_checksum
-from sparselearning.masking import Masking
+from sparselearning.core.distributed import MaskDesyncError, mask_checksum
+from sparselearning.core.masking import Masking
 
 
 def _worker(rank, world, growth_mode, out_dir):

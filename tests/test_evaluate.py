@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from models import get_model
-from sparselearning import evaluate as E
+from sparselearning import evaluation as E
 from sparselearning.checkpoint import atomic_save, build_ticket
 from sparselearning.errors import run_cli
 

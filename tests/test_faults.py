@@ -36,7 +36,7 @@ from models import get_model
 from sparselearning import checkpoint as ckpt
 from sparselearning import train as T
 from sparselearning.errors import run_cli
-from sparselearning.evaluate import discover_tickets
+from sparselearning.evaluation import discover_tickets
 
 BOOT = r"""
 import io, os, runpy, sys, time

@@ -2,8 +2,8 @@ import pytest
 from torch import nn
 
 from models import get_model
-from sparselearning.density import erk_densities
-from sparselearning.flops import FlopsAccountant, dense_training_flops, profile_model, step_flops
+from sparselearning.core.density import erk_densities
+from sparselearning.core.flops import FlopsAccountant, dense_training_flops, profile_model, step_flops
 
 
 def test_profile_matches_hand_count():

@@ -25,7 +25,7 @@ from torch import nn
 from models import get_model
 from models.imagenet_resnet import imagenet_resnet
 from sparselearning import checkpoint as ckpt
-from sparselearning.imagenet import IMAGENET_MEAN, IMAGENET_STD, imagenet_val_batches
+from sparselearning.data.imagenet import IMAGENET_MEAN, IMAGENET_STD, imagenet_val_batches
 
 REPO = Path(__file__).resolve().parents[1]
 MAIN = REPO / "ImageNet" / "main.py"
@@ -229,7 +229,7 @@ def _alive(pid: int) -> bool:
 def test_a_worker_ends_when_its_trainer_is_gone():
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # a pid that no longer exists
-    code = (f"import time; from sparselearning.imagenet import exit_with_trainer; "
+    code = (f"import time; from sparselearning.data.imagenet import exit_with_trainer; "
             f"exit_with_trainer({dead.pid}, 0, interval=0.1); time.sleep(60)")
     start = time.time()
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=60)
@@ -238,7 +238,7 @@ def test_a_worker_ends_when_its_trainer_is_gone():
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
 def test_killed_trainer_leaves_no_worker(image_root):
-    code = (f"import sys, time; from sparselearning.imagenet import imagenet_val_batches\n"
+    code = (f"import sys, time; from sparselearning.data.imagenet import imagenet_val_batches\n"
             f"b, _ = imagenet_val_batches({str(image_root)!r}, image_size=32, batch_size=2, device='cpu', workers=2)\n"
             f"it = iter(b.loader); next(it)\n"
             f"print(*[w.pid for w in it._workers], flush=True); time.sleep(120)")

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from sparselearning.masking import InvariantError, Masking, zero_outside
+from sparselearning.core.masking import InvariantError, Masking, zero_outside
 
 
 class TinyNet(nn.Module):

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sparselearning import metrics as M
+from sparselearning.evaluation import metrics as M
 
 
 def t(x):

@@ -39,7 +39,7 @@ def test_training_commands_parse_and_validate(cmd):
 @pytest.mark.parametrize("cmd", [c for c in readme_commands() if c[1] == "ensemble_freetickets.py"],
                          ids=lambda c: " ".join(c[2:4]))
 def test_evaluation_commands_parse(cmd):
-    from sparselearning.evaluate import build_parser as eval_parser
+    from sparselearning.evaluation import build_parser as eval_parser
 
     args = eval_parser().parse_args(cmd[2:])
     assert args.resume

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from sparselearning.schedules import EDSTSchedule, death_rate, step_lr
+from sparselearning.core.schedules import EDSTSchedule, death_rate, step_lr
 
 
 def test_step_lr_250():

@@ -284,4 +284,4 @@ def test_every_torch_load_in_the_project_is_weights_only():
             if owner == "pickle" and node.func.attr in ("load", "loads"):
                 pickle_uses.append(rel)
     assert offenders == []
-    assert set(pickle_uses) <= {"sparselearning/data.py"}  # the CIFAR python batches are pickles by format
+    assert set(pickle_uses) <= {"sparselearning/data/"}  # the CIFAR python batches are pickles by format

@@ -1,8 +1,8 @@
 import torch
 from hypothesis import given, settings, strategies as st
 
-from sparselearning import selection
-from sparselearning.selection import top_k_mask
+from sparselearning.core import selection
+from sparselearning.core.selection import top_k_mask
 
 
 def reference_values(score, k, largest, among):

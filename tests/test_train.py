@@ -7,7 +7,7 @@ import torch
 
 from conftest import run_script, write_cifar10
 from sparselearning import checkpoint as ckpt
-from sparselearning.schedules import EDSTSchedule
+from sparselearning.core.schedules import EDSTSchedule
 from sparselearning.train import main
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import UsageError
+from ..errors import UsageError
 
 __all__ = [
     "DatasetSpec", "SPECS", "get_spec", "load_split", "train_val_split", "BatchLoader",
@@ -489,7 +489,7 @@ def make_loaders(name: str, data_dir: str | None, batch_size: int, test_batch_si
 
 
 # =========================================================================== OoD
-def _to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+def to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     """uint8 RGB <-> gray. RGB -> gray uses ITU-R 601 luma (0.299, 0.587, 0.114), as PIL's 'L'."""
     c = int(x.shape[1])
     if c == channels:
@@ -502,7 +502,7 @@ def _to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     raise UsageError(f"cannot convert {c}-channel images to {channels} channels; use 1 or 3 channel data")
 
 
-def _to_size(x: torch.Tensor, size: int) -> torch.Tensor:
+def to_size(x: torch.Tensor, size: int) -> torch.Tensor:
     """Smaller images are centre-padded with zeros, larger ones resized (bilinear, antialiased)."""
     h, w = int(x.shape[2]), int(x.shape[3])
     if h == size and w == size:
@@ -542,7 +542,7 @@ def ood_images(name: str, like: DatasetSpec, n: int | None, data_dir: str | None
             raise UsageError(f"asked for {n} {key} OoD images but its test set has {x.shape[0]}; "
                              f"use n <= {x.shape[0]} or n=None")
         x = x[:n]
-    out = _to_size(_to_channels(x, like.in_channels), like.image_size)
+    out = to_size(to_channels(x, like.in_channels), like.image_size)
     return out.clone() if out.data_ptr() == x.data_ptr() else out.contiguous()  # never a view of the cache
 
 

@@ -27,8 +27,8 @@ from typing import Iterable, Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from .data import DatasetSpec
-from .errors import UsageError
+from . import DatasetSpec
+from ..errors import UsageError
 
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "IMAGENET_CLASSES", "VAL_CROP_FRACTION", "check_root", "imagenet_spec",
@@ -114,7 +114,7 @@ def image_loader(dataset, batch_size: int, workers: int, device: torch.device | 
         context = multiprocessing.get_context("forkserver")
         # imported once in the server, not again in each worker of each epoch
         context.set_forkserver_preload(["torch", "torchvision.datasets", "torchvision.transforms", "PIL.Image",
-                                        "sparselearning.imagenet"])
+                                        "sparselearning.data.imagenet"])
         init = functools.partial(exit_with_trainer, os.getpid())
     return DataLoader(dataset, batch_size=batch_size, num_workers=workers, multiprocessing_context=context,
                       worker_init_fn=init, pin_memory=torch.device(device).type == "cuda", **kwargs)

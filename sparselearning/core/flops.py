@@ -9,7 +9,7 @@
 - Training cost is reported relative to one dense model trained for 250 epochs (the paper's
   yardstick).
 
-Run ``python -m sparselearning.flops --model wrn-28-10 --data cifar10 --density 0.2`` for a table.
+Run ``python -m sparselearning.core.flops --model wrn-28-10 --data cifar10 --density 0.2`` for a table.
 """
 from __future__ import annotations
 
@@ -117,11 +117,11 @@ def format_table(profile: FlopsProfile, densities: Mapping[str, float], shapes: 
 
 def main(argv: list[str] | None = None) -> None:
     from models import get_model
-    from .data import get_spec
+    from ..data import get_spec
     from .density import allocate_densities
-    from .errors import OneLineArgumentParser, UsageError
+    from ..errors import OneLineArgumentParser, UsageError
 
-    parser = OneLineArgumentParser(prog="python -m sparselearning.flops",
+    parser = OneLineArgumentParser(prog="python -m sparselearning.core.flops",
                                    description="Per-layer forward FLOPs of a model, dense and at a sparse density.")
     parser.add_argument("--model", required=True)
     parser.add_argument("--data", default="cifar10")
@@ -146,6 +146,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from .errors import run_cli
+    from ..errors import run_cli
 
     run_cli(main)

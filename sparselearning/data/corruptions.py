@@ -19,7 +19,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .errors import UsageError
+from ..errors import UsageError
 
 __all__ = ["CORRUPTIONS", "SEVERITY_PARAMS", "corrupt"]
 

@@ -19,7 +19,7 @@ Pipeline
    ticket's own training normalisation. Logits are cached as float32 ``.npy`` under
    ``<output>/cache/<dataset>/<input set>/<sha256 of the ticket file>.npy``, so a later run of any
    mode on the same tickets does no forward pass (``--no-cache`` disables reading and writing).
-4. **Metrics** come from :mod:`sparselearning.metrics` on the cached logits; the ensemble averages
+4. **Metrics** come from :mod:`sparselearning.evaluation.metrics` on the cached logits; the ensemble averages
    member probabilities.
 
 Outputs (all under the output folder, default ``<resume>/eval``; nothing is written elsewhere
@@ -64,8 +64,8 @@ import numpy as np
 import torch
 
 from . import metrics as Mx
-from .checkpoint import atomic_write_text, load_ticket, ticket_masks, ticket_model
-from .errors import OneLineArgumentParser, UsageError
+from ..checkpoint import atomic_write_text, load_ticket, ticket_masks, ticket_model
+from ..errors import OneLineArgumentParser, UsageError
 
 __all__ = [
     "MODES", "EvalConfig", "Entry", "discover_tickets", "discover_snapshot_runs", "natural_key",
@@ -297,7 +297,7 @@ def _progress(total: int, desc: str):
 def _forward_logits(model: torch.nn.Module, images: torch.Tensor, spec, batch_size: int,
                     device: torch.device, desc: str = "forward") -> torch.Tensor:
     """Logits (N, C) float32 on the CPU of ``model`` on uint8 ``images`` normalised with ``spec``."""
-    from .data import BatchLoader
+    from ..data import BatchLoader
 
     dummy = torch.zeros(images.shape[0], dtype=torch.int64)
     loader = BatchLoader(images, dummy, batch_size, shuffle=False, augment=False, spec=spec, device=device)
@@ -324,12 +324,12 @@ def _fingerprint(*tensors: torch.Tensor) -> str:
 
 def _adapt_images(images: torch.Tensor, channels: int, size: int) -> torch.Tensor:
     """Convert uint8 images to the ticket's channel count and size (as the OoD loader does)."""
-    from . import data as D
+    from .. import data as D
 
     if images.shape[1] != channels:
-        images = D._to_channels(images, channels)
+        images = D.to_channels(images, channels)
     if images.shape[2] != size or images.shape[3] != size:
-        images = D._to_size(images, size)
+        images = D.to_size(images, size)
     return images.contiguous()
 
 
@@ -471,7 +471,7 @@ class Evaluator:
         self.out(f"note: skipping {mode}: {reason} ({fix})")
 
     def prepare(self) -> None:
-        from . import data as D
+        from .. import data as D
 
         c = self.cfg
         self._validate_flags()
@@ -531,7 +531,7 @@ class Evaluator:
 
     def _prepare_imagenet(self, t0: dict) -> None:
         """ImageNet's val split is streamed from the ImageFolder root (too large to hold in memory)."""
-        from .imagenet import IMAGENET_MEAN, IMAGENET_STD, image_folder, imagenet_spec
+        from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD, image_folder, imagenet_spec
 
         if not self.cfg.data_dir:
             raise UsageError("--data imagenet needs --data-dir: the ImageNet root holding train/ and val/")
@@ -550,7 +550,7 @@ class Evaluator:
                 self.modes.remove(mode)
 
     def _imagenet_logits(self, e: Entry, model: torch.nn.Module) -> torch.Tensor:
-        from .imagenet import imagenet_val_batches
+        from ..data.imagenet import imagenet_val_batches
 
         spec = self._spec_for(e)
         batches, _ = imagenet_val_batches(self.cfg.data_dir, spec.image_size, self.cfg.test_batch_size, self.device,
@@ -563,7 +563,7 @@ class Evaluator:
         return torch.cat(outs)
 
     def _prepare_corruption(self) -> None:
-        from . import data as D
+        from .. import data as D
 
         c = self.cfg
         kind = str(c.corruptions).strip() if c.corruptions else ("all" if c.cf_c_path else "generated")
@@ -572,7 +572,7 @@ class Evaluator:
             chosen = [t.strip() for t in kind.split(",") if t.strip()]
             kind = "named" if c.cf_c_path else "generated"
         if kind == "generated":
-            from .corruptions import CORRUPTIONS
+            from ..data.corruptions import CORRUPTIONS
 
             names = list(CORRUPTIONS)
             if chosen is not None:
@@ -610,7 +610,7 @@ class Evaluator:
         self.cfc_names = names
 
     def _prepare_ood(self) -> None:
-        from . import data as D
+        from .. import data as D
 
         c = self.cfg
         explicit = c.ood_data is not None
@@ -641,7 +641,7 @@ class Evaluator:
             self.modes.remove("ood")
 
     def _ood_no_download(self, key: str, like, gen) -> torch.Tensor:
-        from . import data as D
+        from .. import data as D
 
         if key in ("gaussian", "uniform"):
             return D.ood_images(key, like, self.n_test, self.cfg.data_dir, gen)
@@ -1021,12 +1021,12 @@ class Evaluator:
 
     def _corruption_sources(self) -> list[tuple[str, Source, torch.Tensor | None]]:
         """(corruption name, source, severity per row or None when the source is one severity)."""
-        from . import data as D
+        from .. import data as D
 
         c = self.cfg
         out = []
         if self.corruption_kind == "generated":
-            from .corruptions import corrupt
+            from ..data.corruptions import corrupt
 
             for name in self.gen_names:
                 ci = zlib.crc32(name.encode())
@@ -1055,7 +1055,7 @@ class Evaluator:
         return out
 
     def mode_corruption(self) -> None:
-        from . import data as D
+        from .. import data as D
 
         b = self.cfg.ece_bins
         ece_name = f"ece{b}"
