@@ -125,7 +125,8 @@ def curves_figure(history: Sequence[Mapping], *, title: str, reexplore_after: It
 
     Every line carries its row key as ``gid`` (e.g. "val_loss") so it can be found again. Phases
     (default: from the rows' "phase" column) are shaded with alternating colours; re-explorations
-    are dashed vertical lines between epoch e and e + 1 (they run after epoch e).
+    are dashed vertical lines between epoch e and e + 1 (they run after epoch e); those after the last
+    row's epoch (not run yet) are left out, so the schedule's full list can be passed mid-run.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -135,7 +136,8 @@ def curves_figure(history: Sequence[Mapping], *, title: str, reexplore_after: It
     fig.suptitle(title)
     epochs = _values(history, "epoch")
     phases = phases_from_history(history) if phases is None else list(phases)
-    reexplore_after = list(reexplore_after)
+    last_epoch = max((row["epoch"] for row in history), default=0)
+    reexplore_after = [e for e in reexplore_after if e <= last_epoch]  # mid-run: only those that happened
     axes = fig.subplots(2, 3).flatten()
     for ax, (panel, ylabel, lines, log_scale) in zip(axes, _panels(history)):
         drawn = False

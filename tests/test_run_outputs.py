@@ -130,6 +130,12 @@ def test_curves_of_a_dense_run_without_validation_and_of_imagenet():
     assert [ln.get_gid() for ln in acc_ax.get_lines()] == ["train_acc", "val_acc", "val_top5"]
 
 
+def test_mid_run_curves_leave_out_reexplorations_not_run_yet():
+    rows, sched = edst_history()
+    fig = curves_figure(rows[:8], title="x", reexplore_after=sched.reexplore_epochs)  # after epoch 8: only 6 ran
+    assert [ln.get_xdata()[0] for ln in fig.axes[0].get_lines() if ln.get_gid() == "reexplore"] == [6.5]
+
+
 def test_val_gaps_become_nan_not_zero():
     rows, _ = edst_history(4, 1, 1)
     rows[1]["val_loss"] = None
