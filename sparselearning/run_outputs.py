@@ -180,6 +180,15 @@ def curves_title(kind: str, model: str, dataset: str, extra: str = "") -> str:
 
 
 # ---------------------------------------------------------------------------------- TensorBoard
+def check_tensorboard() -> None:
+    """UsageError (one line) unless the optional tensorboard package is installed; call it while checking flags."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError:
+        raise UsageError("--tensorboard needs the tensorboard package, which is not installed; "
+                         "pip install tensorboard (or leave out --tensorboard)") from None
+
+
 class TensorBoardLog:
     """Per-epoch rows as TensorBoard scalars under `log_dir` (step = the row's epoch).
 
@@ -188,11 +197,9 @@ class TensorBoardLog:
     """
 
     def __init__(self, log_dir: str | os.PathLike):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise UsageError("--tensorboard needs the tensorboard package, which is not installed; "
-                             "pip install tensorboard (or leave out --tensorboard)") from None
+        check_tensorboard()
+        from torch.utils.tensorboard import SummaryWriter
+
         self.log_dir = Path(log_dir)
         self.writer = SummaryWriter(log_dir=str(self.log_dir))
 

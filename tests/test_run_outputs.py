@@ -9,8 +9,8 @@ import pytest
 
 from sparselearning.core.schedules import EDSTSchedule
 from sparselearning.errors import UsageError
-from sparselearning.run_outputs import (TensorBoardLog, curves_figure, metric_columns, phases_from_history,
-                                        plot_curves, write_metrics_csv)
+from sparselearning.run_outputs import (TensorBoardLog, check_tensorboard, curves_figure, metric_columns,
+                                        phases_from_history, plot_curves, write_metrics_csv)
 
 
 def edst_history(epochs: int = 12, explo: int = 3, model_num: int = 3) -> tuple[list[dict], EDSTSchedule]:
@@ -181,8 +181,9 @@ def test_tensorboard_missing_is_a_one_line_usage_error(tmp_path, monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_tensorboard)
-    with pytest.raises(UsageError) as err:
-        TensorBoardLog(tmp_path / "tb")
-    msg = str(err.value)
-    assert "pip install tensorboard" in msg and "\n" not in msg
+    for attempt in (check_tensorboard, lambda: TensorBoardLog(tmp_path / "tb")):
+        with pytest.raises(UsageError) as err:
+            attempt()
+        msg = str(err.value)
+        assert "pip install tensorboard" in msg and "\n" not in msg
     assert not (tmp_path / "tb").exists()
