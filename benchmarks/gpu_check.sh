@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The GPU check (issue 13), on one GPU in under 8 minutes, with nothing from outside the machine:
+#   1. the tests that need CUDA (pytest -m cuda; they skip without CUDA),
+#   2. benchmarks/gpu_check.py: throughput dense/sparse, AMP, channels-last, compile, host syncs, DDP/NCCL,
+#      masks, fp16 overflow, ImageNet pipeline -> gpu_check.json and gpu_check.md (copy into benchmarks/RESULTS.md).
+# Output goes to $OUT if set, else ./gpu_check_out. Extra arguments go to gpu_check.py (e.g. --dry-run on a CPU,
+# --sections ddp,fp16_overflow). PYTHON picks the interpreter (default: python3).
+#   benchmarks/gpu_check.sh                 # on the GPU machine
+#   OUT=/tmp/gc benchmarks/gpu_check.sh --dry-run
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+out="${OUT:-./gpu_check_out}"
+python="${PYTHON:-python3}"
+tests_limit="${GPU_CHECK_TESTS_LIMIT:-150}"   # seconds
+driver_limit="${GPU_CHECK_DRIVER_LIMIT:-300}" # seconds; 150 + 300 leaves margin under 8 minutes
+mkdir -p "$out"
+out="$(cd "$out" && pwd)"
+cd "$repo"
+export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
+
+status=0
+tests_rc=0
+timeout -k 10 "$tests_limit" "$python" -m pytest -q -m cuda -p no:cacheprovider tests 2>&1 \
+    | tee "$out/pytest_cuda.txt" || tests_rc=$?   # pipefail: the status is pytest's
+if [ "$tests_rc" -eq 5 ]; then   # pytest: no test selected (none marked cuda)
+    echo "gpu_check.sh: no test is marked cuda"
+elif [ "$tests_rc" -ne 0 ]; then
+    echo "gpu_check.sh: pytest -m cuda failed (exit $tests_rc); see $out/pytest_cuda.txt" >&2
+    status=1
+fi
+
+driver_rc=0
+timeout -k 10 "$driver_limit" "$python" benchmarks/gpu_check.py --out "$out" "$@" 2>&1 \
+    | tee "$out/gpu_check.log" || driver_rc=$?
+if [ "$driver_rc" -ne 0 ]; then
+    echo "gpu_check.sh: gpu_check.py failed (exit $driver_rc$([ "$driver_rc" -eq 124 ] && echo ', time limit')); the" \
+         "sections done so far are in $out/gpu_check.json" >&2
+    status=1
+fi
+echo "gpu_check.sh: results in $out (gpu_check.md, gpu_check.json, pytest_cuda.txt, gpu_check.log)"
+exit "$status"
