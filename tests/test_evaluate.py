@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from models import get_model
 from sparselearning import evaluation as E
+from sparselearning.evaluation import logits as L
 from sparselearning.checkpoint import atomic_save, build_ticket
 from sparselearning.errors import run_cli
 
@@ -294,7 +295,7 @@ def test_second_run_uses_cache_and_keeps_earlier_results(all_run, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("forward pass despite a warm cache")
 
-    monkeypatch.setattr(E, "_forward_logits", boom)
+    monkeypatch.setattr(L, "forward_logits", boom)
     import contextlib
     import io
 
@@ -336,8 +337,8 @@ def test_forward_pass_batching_and_normalisation(world):
     model = ticket_model(ticket)
     x, _ = load_split("fashionmnist", "test", str(world["data"]), download=False)
     spec = get_spec("fashionmnist")
-    a = E._forward_logits(model, x, spec, 7, torch.device("cpu"))
-    b = E._forward_logits(model, x, spec, 128, torch.device("cpu"))
+    a = L.forward_logits(model, x, spec, 7, torch.device("cpu"))
+    b = L.forward_logits(model, x, spec, 128, torch.device("cpu"))
     assert a.shape == (N_TEST, 10) and torch.allclose(a, b, atol=1e-5)
     with torch.no_grad():
         ref = model((x.float() / 255 - 0.2860) / 0.3530)
