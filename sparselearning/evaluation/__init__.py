@@ -28,7 +28,10 @@ Pipeline
    error, never silently skipped.
 2. **Validation.** Tickets are loaded with ``weights_only=True``; all members must share model,
    class count, input shape and dataset (a one-line error names the differing ticket); ``--model``
-   and ``--dataset``, when given, must agree with them.
+   and ``--dataset``, when given, must agree with them. A damaged ticket (sizes that are not
+   positive, values that do not fill the mask, NaN/inf weights, a normalisation std <= 0) is
+   refused with one line naming the file. All of this, and every mode's inputs, is checked before
+   the output folder is created.
 3. **Logits.** Each ticket runs forward once per input set (the test split, each OoD set, each
    corruption file or generated corruption cell, the t-SNE subset for snapshots), with the
    ticket's own training normalisation. Logits are cached as float32 ``.npy`` under

@@ -63,7 +63,7 @@ def predict(names: Sequence[str], log_probs: torch.Tensor, labels: torch.Tensor,
         res.figure("ensemble_size", "ensemble_size", "ensemble_size", curve=curve, ece_bins=ece_bins,
                    members_mean={"acc": Mx.mean_std(accs)[0], "nll": Mx.mean_std(nlls)[0],
                                  "ece": Mx.mean_std(member_ece)[0]},
-                   title=f"{title}: ensemble of the first k tickets")
+                   title=f"{title}, {dataset} test: ensembles of the first k tickets")
     return res
 
 
@@ -103,5 +103,5 @@ def calibration(names: Sequence[str], log_probs: torch.Tensor, labels: torch.Ten
         rel[name] = Mx.reliability_bins(log_probs[i].exp(), labels, b)
     res.extras = {"ece_bins": b, "reliability": rel}
     res.figure("reliability", "reliability", "reliability", reliability=rel, members=list(names), ece_bins=b,
-               ensemble_ece=s[1], title=f"{title}: reliability (ensemble ECE {s[1]:.4f})")
+               ensemble_ece=s[1], title=f"{title}, {dataset} test: reliability (ensemble ECE {s[1]:.4f})")
     return res
