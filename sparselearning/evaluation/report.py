@@ -145,7 +145,7 @@ def _member_axes(ax, labels: Sequence[str], x_label: str, y_label: str) -> None:
 
 def _draw_heatmaps(plt, d: dict):
     panels = d["panels"]
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 5.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.8 * len(panels), 5.4), squeeze=False)
     labels = short_labels(d["members"])
     for ax, panel in zip(axes[0], panels):
         mat = np.asarray(panel["matrix"], dtype=float)
