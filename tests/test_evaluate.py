@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from models import get_model
 from sparselearning import evaluation as E
+from sparselearning.evaluation import logits as L
 from sparselearning.checkpoint import atomic_save, build_ticket
 from sparselearning.errors import run_cli
 
@@ -30,6 +31,8 @@ SCRIPT = REPO / "ensemble_freetickets.py"
 N_TEST = 60
 FMNIST_NORM = {"mean": [0.2860], "std": [0.3530]}
 GEN_CORRUPTIONS = ("gaussian_noise", "contrast", "pixelate")  # a subset keeps the test fast
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 # =========================================================================== fixtures
@@ -201,6 +204,7 @@ def all_run(world, tmp_path_factory):
     return {"argv": argv, "out_dir": out_dir, "result": result, "stdout": buf.getvalue()}
 
 
+@pytest.mark.slow
 def test_all_modes_write_every_output(all_run):
     out_dir, result = all_run["out_dir"], all_run["result"]
     rid = result["run_id"]
@@ -219,6 +223,7 @@ def test_all_modes_write_every_output(all_run):
     assert not (Path(all_run["argv"][3]) / "eval").exists()
 
 
+@pytest.mark.slow
 def test_json_csv_and_printed_tables_agree(all_run):
     out_dir, result = all_run["out_dir"], all_run["result"]
     rid = result["run_id"]
@@ -290,11 +295,12 @@ def test_json_csv_and_printed_tables_agree(all_run):
     assert sum(p["kind"] == "ticket" for p in pts) == 3
 
 
+@pytest.mark.slow
 def test_second_run_uses_cache_and_keeps_earlier_results(all_run, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("forward pass despite a warm cache")
 
-    monkeypatch.setattr(E, "_forward_logits", boom)
+    monkeypatch.setattr(L, "forward_logits", boom)
     import contextlib
     import io
 
@@ -336,14 +342,15 @@ def test_forward_pass_batching_and_normalisation(world):
     model = ticket_model(ticket)
     x, _ = load_split("fashionmnist", "test", str(world["data"]), download=False)
     spec = get_spec("fashionmnist")
-    a = E._forward_logits(model, x, spec, 7, torch.device("cpu"))
-    b = E._forward_logits(model, x, spec, 128, torch.device("cpu"))
+    a = L.forward_logits(model, x, spec, 7, torch.device("cpu"))
+    b = L.forward_logits(model, x, spec, 128, torch.device("cpu"))
     assert a.shape == (N_TEST, 10) and torch.allclose(a, b, atol=1e-5)
     with torch.no_grad():
         ref = model((x.float() / 255 - 0.2860) / 0.3530)
     assert torch.allclose(a, ref, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_cli_as_printed_in_the_readme(world, tmp_path):
     """The original command line (trailing slash, --dataset/--model/--seed, ignored flags) runs as a script."""
     res = subprocess.run(
@@ -529,6 +536,7 @@ def test_all_mode_skips_what_it_cannot_do(world, tmp_path, capsys):
     assert js["modes_run"] == ["predict", "calibration", "ood", "corruption"]
 
 
+@pytest.mark.slow
 def test_cli_subprocess_bad_inputs(world, tmp_path):
     """Run as a script: a pickle that would run code, and an empty folder: exit 2, one stderr line."""
     marker = tmp_path / "pwned"
@@ -544,6 +552,7 @@ def test_cli_subprocess_bad_inputs(world, tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_tickets_from_the_training_engine(tmp_path, capsys):
     """An EDST run of the real training engine (M=2, snapshots every epoch), evaluated in its own layout."""
     from conftest import write_fashion_mnist

@@ -127,6 +127,19 @@ def test_ece_freetickets_matches_original_procedure_on_random_data():
     assert M.ece_freetickets(probs, labels) == pytest.approx(_ece_original_loop(probs, labels), abs=1e-12)
 
 
+@pytest.mark.parametrize("n_bins", [1, 5, 14, 15, 100])
+def test_ece_matches_torchmetrics(n_bins):
+    """torchmetrics bins [lo, hi) where we bin (lo, hi]; random confidences never sit on an edge."""
+    mc = pytest.importorskip("torchmetrics.classification")
+    g = torch.Generator().manual_seed(7)
+    probs = torch.softmax(torch.randn(3000, 10, generator=g, dtype=torch.float64) * 2.5, 1)
+    labels = torch.randint(0, 10, (3000,), generator=g)
+    ref = mc.MulticlassCalibrationError(num_classes=10, n_bins=n_bins, norm="l1")(probs.float(), labels)
+    assert M.ece(probs, labels, n_bins) == pytest.approx(float(ref), abs=1e-5)
+    ref14 = mc.MulticlassCalibrationError(num_classes=10, n_bins=14, norm="l1")(probs.float(), labels)
+    assert M.ece_freetickets(probs, labels) == pytest.approx(float(ref14), abs=1e-5)
+
+
 def test_pooled_ece_from_bin_sums_equals_ece_of_union():
     g = torch.Generator().manual_seed(2)
     p1 = torch.softmax(torch.randn(300, 5, generator=g, dtype=torch.float64), 1)
@@ -177,6 +190,14 @@ def test_kl_matrix_m3_hand_computed():
     assert M.mean_over_pairs(sym) == pytest.approx(M.mean_pairwise_kl(lp), abs=1e-12)
 
 
+def test_symmetric_and_mean_kl_accept_the_computed_matrix():
+    g = torch.Generator().manual_seed(9)
+    lp = torch.log_softmax(torch.randn(4, 30, 5, generator=g, dtype=torch.float64), 2)
+    k = M.kl_matrix(lp)
+    assert torch.equal(M.symmetric_kl_matrix(k), M.symmetric_kl_matrix(lp))
+    assert M.mean_pairwise_kl(k) == M.mean_pairwise_kl(lp)
+
+
 def test_kl_matrix_m4_two_samples_matches_original_kl_div_convention():
     ps = [[[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]],
           [[0.3, 0.3, 0.4], [0.2, 0.5, 0.3]],
@@ -224,27 +245,40 @@ def test_ood_metrics_hand_computed():
     assert r["aupr_in"] == pytest.approx((3 + 0.8) / 4)
 
 
-def test_ood_metrics_against_sklearn():
-    from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+def _auroc_by_pairs(s_in: np.ndarray, s_out: np.ndarray) -> float:
+    """AUROC as the Mann-Whitney statistic: P(OoD score > ID score) + P(tie) / 2, over every pair."""
+    diff = s_out[:, None] - s_in[None, :]
+    return float(((diff > 0).sum() + 0.5 * (diff == 0).sum()) / diff.size)
 
+
+def _average_precision_by_rank(pos: np.ndarray, neg: np.ndarray) -> float:
+    """Mean over positives of the precision among the samples scored at least as high (no ties here)."""
+    return float(np.mean([((pos >= p).sum()) / ((pos >= p).sum() + (neg >= p).sum()) for p in pos]))
+
+
+def test_ood_metrics_against_independent_definitions():
     rng = np.random.default_rng(4)
     s_in = rng.normal(0, 1, 500)
     s_out = rng.normal(1.2, 1.3, 300)
     r = M.ood_metrics(torch.from_numpy(s_in), torch.from_numpy(s_out))
-    y = np.r_[np.zeros(500), np.ones(300)]
-    s = np.r_[s_in, s_out]
-    assert r["auroc"] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
-    assert r["aupr_out"] == pytest.approx(average_precision_score(y, s), abs=1e-12)
-    assert r["aupr_in"] == pytest.approx(average_precision_score(1 - y, -s), abs=1e-12)
+    assert r["auroc"] == pytest.approx(_auroc_by_pairs(s_in, s_out), abs=1e-12)
+    assert r["aupr_out"] == pytest.approx(_average_precision_by_rank(s_out, s_in), abs=1e-12)
+    assert r["aupr_in"] == pytest.approx(_average_precision_by_rank(-s_in, -s_out), abs=1e-12)
     # FPR95 (OoD positive): the smallest threshold keeping >= 95% of OoD, fraction of ID above it
     thr = np.sort(s_out)[int(np.floor(0.05 * 300))]
     assert (s_out >= thr).mean() >= 0.95
     assert r["fpr95_oodpos"] == pytest.approx((s_in >= thr).mean(), abs=1e-12)
-    fpr, tpr, _ = roc_curve(y, s)
-    assert r["fpr95_oodpos"] == pytest.approx(float(fpr[np.argmax(tpr >= 0.95)]), abs=1e-12)
     # swapping the roles (ID positive, score negated)
     thr_in = np.sort(-s_in)[int(np.floor(0.05 * 500))]
     assert r["fpr95_idpos"] == pytest.approx((-s_out >= thr_in).mean(), abs=1e-12)
+
+
+def test_auroc_hand_computed_with_ties():
+    # pairs (out, in): 0.5 vs {0.1, 0.5}: 1 + 0.5 ; 0.9 vs both: 2 -> 3.5 / 4
+    r = M.ood_metrics(t([0.1, 0.5]), t([0.5, 0.9]))
+    assert r["auroc"] == pytest.approx(3.5 / 4, abs=1e-12)
+    assert M.ood_metrics(t([0.0, 0.1]), t([0.2, 0.3]))["auroc"] == 1.0
+    assert M.ood_metrics(t([0.2, 0.3]), t([0.0, 0.1]))["auroc"] == 0.0
 
 
 def test_ood_scores():

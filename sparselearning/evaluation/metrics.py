@@ -214,18 +214,27 @@ def kl_matrix(member_log_probs: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def symmetric_kl_matrix(member_log_probs: torch.Tensor) -> torch.Tensor:
-    """(K + K^T) / 2: the symmetrised KL (half the Jeffreys divergence) per pair."""
-    k = kl_matrix(member_log_probs)
+def _kl_of(kl_or_log_probs: torch.Tensor) -> torch.Tensor:
+    """A KL matrix (M, M) as given, or computed from (M, N, C) log-probabilities."""
+    return kl_or_log_probs if kl_or_log_probs.dim() == 2 else kl_matrix(kl_or_log_probs)
+
+
+def symmetric_kl_matrix(kl_or_log_probs: torch.Tensor) -> torch.Tensor:
+    """(K + K^T) / 2: the symmetrised KL (half the Jeffreys divergence) per pair.
+
+    Pass the (M, M) matrix of :func:`kl_matrix` when it is already computed (it is then not recomputed),
+    or (M, N, C) log-probabilities.
+    """
+    k = _kl_of(kl_or_log_probs)
     return (k + k.T) / 2
 
 
-def mean_pairwise_kl(member_log_probs: torch.Tensor) -> float:
-    """Mean of KL(p_b || p_a) over all M(M-1) ordered pairs.
+def mean_pairwise_kl(kl_or_log_probs: torch.Tensor) -> float:
+    """Mean of KL(p_b || p_a) over all M(M-1) ordered pairs, from a KL matrix or log-probabilities.
 
     Equal to the mean of the symmetrised KL over unordered pairs.
     """
-    return mean_over_pairs(kl_matrix(member_log_probs), ordered=True)
+    return mean_over_pairs(_kl_of(kl_or_log_probs), ordered=True)
 
 
 def _entropy(probs: torch.Tensor) -> torch.Tensor:

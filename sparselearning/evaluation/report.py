@@ -1,0 +1,313 @@
+"""Printing, writing and drawing: tables on stdout, results JSON/CSV, PNG figures.
+
+Every file is written atomically (:mod:`sparselearning.checkpoint`), so an interrupted run leaves
+either the old file or the new one.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..checkpoint import _atomic_write, atomic_write_text
+from ..errors import UsageError
+from .records import Figure, ModeResult, Table
+
+__all__ = ["fmt", "print_table", "print_result", "json_safe", "reserve_run_id", "write_rows", "draw", "short_labels"]
+
+
+# --------------------------------------------------------------------------- tables
+def fmt(v: Any) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.4f}"
+    return str(v)
+
+
+def print_table(table: Table, out: Callable[[str], None]) -> None:
+    cells = [[str(h) for h in table.header]] + [[fmt(v) for v in r] for r in table.rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(table.header))]
+    out("")
+    out(f"== {table.title} ==")
+    for k, r in enumerate(cells):
+        line = "  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r))
+        out(line.rstrip())
+        if k == 0:
+            out("  ".join("-" * w for w in widths))
+
+
+def print_result(res: ModeResult, out: Callable[[str], None]) -> None:
+    for note in res.notes:
+        out(note)
+    for t in res.tables:
+        print_table(t, out)
+
+
+# --------------------------------------------------------------------------- files
+def json_safe(v: Any) -> Any:
+    """JSON-safe: non-finite floats become None, tensors lists."""
+    if isinstance(v, torch.Tensor):
+        v = v.tolist()
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {str(k): json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_safe(x) for x in v]
+    if isinstance(v, (np.floating, np.integer)):
+        return json_safe(v.item())
+    return v
+
+
+def reserve_run_id(folder: Path, prefix: str = "results") -> str:
+    """Local time YYYYmmdd-HHMMSS (plus -2, -3... when taken); creates the empty <prefix>_<id>.json."""
+    base = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    k = 1
+    while True:
+        rid = base if k == 1 else f"{base}-{k}"
+        try:
+            fd = os.open(folder / f"{prefix}_{rid}.json", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            os.close(fd)
+            return rid
+        except FileExistsError:
+            k += 1
+
+
+def csv_text(columns: Sequence[str], rows: Sequence[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    for r in rows:
+        w.writerow(["" if r.get(k) is None else (repr(r[k]) if isinstance(r[k], float) else r[k]) for k in columns])
+    return buf.getvalue()
+
+
+def write_rows(folder: Path, prefix: str, run_id: str, document: dict, columns: Sequence[str]) -> tuple[Path, Path]:
+    """<prefix>_<run_id>.{json,csv} (``document`` and its rows) and their copies <prefix>_latest.*."""
+    text = json.dumps(json_safe(document), indent=1, allow_nan=False)
+    table = csv_text(columns, document["rows"])
+    json_path, csv_path = folder / f"{prefix}_{run_id}.json", folder / f"{prefix}_{run_id}.csv"
+    try:
+        atomic_write_text(table, csv_path)
+        atomic_write_text(text, json_path)
+        atomic_write_text(text, folder / f"{prefix}_latest.json")
+        atomic_write_text(table, folder / f"{prefix}_latest.csv")
+    except OSError as err:
+        raise UsageError(f"could not write the results to {folder} ({err.strerror or err}); free space "
+                         f"or pass another --output-dir") from None
+    return json_path, csv_path
+
+
+# --------------------------------------------------------------------------- figures
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def short_labels(names: Sequence[str]) -> list[str]:
+    """Short labels for plots: the shortest unique path suffixes."""
+    parts = [n.split("/") for n in names]
+    for k in range(1, max(len(p) for p in parts) + 1):
+        labels = ["/".join(p[-k:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return list(names)
+
+
+def _annotate(ax, im, mat: np.ndarray) -> None:
+    """Each cell's value, in black or white ink depending on the cell's colour."""
+    for i in range(mat.shape[0]):
+        for j in range(mat.shape[1]):
+            r, g, b, _ = im.cmap(im.norm(float(mat[i, j])))
+            ink = "k" if 0.299 * r + 0.587 * g + 0.114 * b > 0.55 else "w"
+            ax.text(j, i, f"{float(mat[i, j]):.3f}", ha="center", va="center", fontsize=7, color=ink)
+
+
+def _member_axes(ax, labels: Sequence[str], x_label: str, y_label: str) -> None:
+    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+
+
+def _draw_heatmaps(plt, d: dict):
+    panels = d["panels"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.8 * len(panels), 5.4), squeeze=False)
+    labels = short_labels(d["members"])
+    for ax, panel in zip(axes[0], panels):
+        mat = np.asarray(panel["matrix"], dtype=float)
+        im = ax.imshow(mat, cmap=panel["cmap"])
+        ax.set_title(panel["title"])
+        _member_axes(ax, labels, "ticket (column)", "ticket (row)")
+        _annotate(ax, im, mat)
+        fig.colorbar(im, ax=ax, fraction=0.046).set_label(panel["colorbar"])
+    fig.suptitle(d["title"])
+    fig.tight_layout()
+    return fig
+
+
+def _draw_kl(plt, d: dict):
+    fig, ax = plt.subplots(figsize=(5.6, 4.8))
+    mat = np.asarray(d["matrix"], dtype=float)
+    im = ax.imshow(mat, cmap="magma")
+    _member_axes(ax, short_labels(d["members"]), "b: ticket whose prediction is the reference",
+                 "a: ticket compared with it")
+    _annotate(ax, im, mat)
+    ax.set_title(d["title"], fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046).set_label("mean KL(p_b || p_a) over test images (nats)")
+    return fig
+
+
+def _nan_list(values) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in values], dtype=float)
+
+
+def _draw_reliability(plt, d: dict):
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    rel, b = d["reliability"], d["ece_bins"]
+    r = rel["ensemble"]
+    edges = np.asarray(r["edges"])
+    centers = (edges[:-1] + edges[1:]) / 2
+    ax.bar(centers, np.nan_to_num(_nan_list(r["accuracy"])), width=1.0 / b, edgecolor="k", alpha=0.7,
+           label="ensemble accuracy")
+    names = d["members"]
+    for name, label in zip(names, short_labels(names)):
+        ax.plot(_nan_list(rel[name]["confidence"]), _nan_list(rel[name]["accuracy"]), marker=".", lw=0.8, alpha=0.6,
+                label=label if len(names) <= 8 else None)
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    ax.set_xlabel("confidence (top-label probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(d["title"], fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    return fig
+
+
+def _draw_ood(plt, d: dict):
+    from sklearn.metrics import roc_curve
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    score = d["score"]
+    for name, (s_in, s_out, auc) in d["roc"].items():
+        yy = np.r_[np.zeros(len(s_in)), np.ones(len(s_out))]
+        fpr, tpr, _ = roc_curve(yy, np.r_[s_in, s_out])
+        axes[0].plot(fpr, tpr, label=f"{name} (AUROC {auc:.3f})")
+        axes[1].hist(s_out, bins=40, alpha=0.45, density=True, label=f"OoD {name}")
+    first = next(iter(d["roc"].values()))
+    axes[1].hist(first[0], bins=40, alpha=0.6, density=True, label=f"ID {d['dataset']}", color="k", histtype="step")
+    axes[0].plot([0, 1], [0, 1], "k:", lw=1)
+    axes[0].set_xlabel("false positive rate (ID flagged)")
+    axes[0].set_ylabel("true positive rate (OoD detected)")
+    axes[0].set_title(f"ensemble ROC, score {score}")
+    axes[0].legend(fontsize=8)
+    axes[1].set_xlabel(f"ensemble OoD score ({score}; higher = more OoD)")
+    axes[1].set_ylabel("probability density (each histogram integrates to 1)")
+    axes[1].set_title(f"ensemble {score} score distributions")
+    axes[1].legend(fontsize=8)
+    fig.suptitle(d["title"])
+    fig.tight_layout()
+    return fig
+
+
+def _draw_corruption(plt, d: dict):
+    from matplotlib.patches import Patch
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+    for ax, metric in zip(axes, d["metrics"]):
+        data = d["ensemble"][metric]
+        ax.boxplot(data, positions=range(1, 6), widths=0.5)
+        ax.plot(range(1, 6), d["members_mean"][metric], "o--", label="members (mean over corruptions)")
+        ax.plot(range(1, 6), [np.mean(v) for v in data], "s-", label="ensemble (mean over corruptions)")
+        handles, labels = ax.get_legend_handles_labels()
+        handles.append(Patch(facecolor="none", edgecolor="k", label="ensemble: spread over corruptions (box)"))
+        ax.set_xlabel("corruption severity")
+        ax.set_ylabel(metric)
+        ax.set_title(f"{metric} over {d['kind']} corruptions")
+        ax.legend(handles=handles, fontsize=8)
+    fig.suptitle(d["title"])
+    fig.tight_layout()
+    return fig
+
+
+def _draw_tsne(plt, d: dict):
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    cmap = plt.get_cmap("tab10")
+    points, runs = d["points"], d["runs"]
+    colour = {r: cmap(k % 10) for k, r in enumerate(runs)}
+    for r in runs:
+        pts = np.array([[p["x"], p["y"]] for p in points if p["run"] == r and p["kind"] == "snapshot"])
+        ax.plot(pts[:, 0], pts[:, 1], "-", color=colour[r], alpha=0.35)
+        ax.scatter(pts[:, 0], pts[:, 1], color=colour[r], s=14, label=r)
+        ax.scatter(pts[:1, 0], pts[:1, 1], color=colour[r], marker="*", s=160, edgecolor="k")
+    for p in points:
+        if p["kind"] == "ticket":
+            ax.scatter([p["x"]], [p["y"]], marker="X", s=90, color=colour.get(p["run"], "k"), edgecolor="k")
+    ax.scatter([], [], marker="X", s=90, color="w", edgecolor="k", label="tickets (run colour)")
+    ax.scatter([], [], marker="*", s=160, color="w", edgecolor="k", label="first snapshot")
+    ax.set_xlabel("t-SNE 1")
+    ax.set_ylabel("t-SNE 2")
+    ax.set_title(d["title"], fontsize=9)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def _draw_ensemble_size(plt, d: dict):
+    curve, mean = d["curve"], d["members_mean"]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
+    for ax, (key, label) in zip(axes, (("acc", "accuracy"), ("nll", "NLL (nats)"),
+                                       ("ece", f"ECE ({d['ece_bins']} bins)"))):
+        ax.plot(curve["k"], curve[key], "o-", label="ensemble of the first k")
+        ax.axhline(mean[key], color="grey", ls="--", lw=1, label="single tickets (mean)")
+        ax.set_xlabel("ensemble size k")
+        ax.set_ylabel(label)
+        ax.set_xticks(curve["k"])
+        ax.legend(fontsize=8)
+    fig.suptitle(d["title"])
+    fig.tight_layout()
+    return fig
+
+
+def _draw_compare(plt, d: dict):
+    rows = d["rows"]
+    labels = [f"{r['method']}\nM={r['M']}, d={fmt(r['density'])}" for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(4.2 * 3, 4.2))
+    for ax, (key, label) in zip(axes, (("acc", "ensemble accuracy"), ("nll", "ensemble NLL (nats)"),
+                                       ("ece", "ensemble ECE"))):
+        values = [np.nan if r[key] is None else r[key] for r in rows]
+        bars = ax.bar(range(len(rows)), values, color="tab:blue")
+        ax.bar_label(bars, fmt="%.4f", fontsize=7)
+        ax.set_xticks(range(len(rows)), labels, fontsize=7)
+        ax.set_xlabel("method (ensemble size M, density d)")
+        ax.set_ylabel(label)
+    fig.suptitle(d["title"])
+    fig.tight_layout()
+    return fig
+
+
+PLOTTERS = {"heatmaps": _draw_heatmaps, "kl": _draw_kl, "reliability": _draw_reliability, "ood": _draw_ood,
+            "corruption": _draw_corruption, "tsne": _draw_tsne, "ensemble_size": _draw_ensemble_size,
+            "compare": _draw_compare}
+
+
+def draw(figure: Figure, path: Path) -> None:
+    """Draw ``figure`` and write it as a PNG at ``path`` (atomically)."""
+    plt = _pyplot()
+    fig = PLOTTERS[figure.kind](plt, figure.data)
+    try:
+        _atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=120, bbox_inches="tight"), "wb")
+    finally:
+        plt.close(fig)

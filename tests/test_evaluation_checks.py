@@ -1,0 +1,165 @@
+"""Damaged tickets and bad flags are refused before anything is written; what a run records and prints.
+
+Tickets are untrained 'cnn-small' models with random masks (the checks do not depend on training),
+evaluated in-process on a tiny Fashion-MNIST written in torchvision's layout.
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, assert_one_line_error, write_fashion_mnist
+from models import get_model
+from sparselearning.checkpoint import atomic_save, build_ticket, load_ticket
+from sparselearning.errors import run_cli
+from sparselearning.evaluation import main
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
+
+def _ticket(seed: int, **meta) -> dict:
+    torch.manual_seed(seed)
+    model = get_model("cnn-small", 10, 1, 28)
+    masks = {n: torch.rand(p.shape) < 0.5 for n, p in model.named_parameters() if p.dim() > 1}
+    base = {"model": "cnn-small", "num_classes": 10, "in_channels": 1, "image_size": 28, "dataset": "fashionmnist",
+            "normalization": {"mean": [0.2860], "std": [0.3530]}, "kind": "DST", "seed": seed, "epoch": 1,
+            "ticket_index": 0, "role": "ticket", "density": 0.5}
+    return build_ticket(model, masks, {**base, **meta})
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory):
+    base = tmp_path_factory.mktemp("checks")
+    data = write_fashion_mnist(base / "data", n_train=20, n_test=40)
+    good = _ticket(1)
+    atomic_save(good, base / "one" / "seed=1" / "model.pth")
+    for s in (1, 2):
+        atomic_save(_ticket(s), base / "two" / f"seed={s}" / "model.pth")
+    return {"base": base, "data": data, "good": good}
+
+
+def _run(argv: list[str], capsys) -> tuple[int, str, str]:
+    code = 0
+    try:
+        run_cli(main, argv)
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _argv(root: Path, box, *more: str) -> list[str]:
+    return ["--mode", "predict", "--resume", str(root), "--data-dir", str(box["data"]), "--no-download", *more]
+
+
+def _short_values(t: dict) -> dict:
+    name = next(iter(t["sparse_state"]))
+    entry = dict(t["sparse_state"][name])
+    entry["values"] = entry["values"][:-3]
+    return {**t, "sparse_state": {**t["sparse_state"], name: entry}}
+
+
+def _nan_weight(t: dict) -> dict:
+    name = next(iter(t["dense_state"]))
+    bad = t["dense_state"][name].clone()
+    bad.view(-1)[0] = math.nan
+    return {**t, "dense_state": {**t["dense_state"], name: bad}}
+
+
+@pytest.mark.parametrize("case, damage, needle", [
+    ("values-shorter-than-mask", _short_values, "values for a mask of"),
+    ("image-size-zero", lambda t: {**t, "image_size": 0}, "image_size 0"),
+    ("nan-weight", _nan_weight, "non-finite weights"),
+    ("std-zero", lambda t: {**t, "normalization": {"mean": [0.286], "std": [0.0]}}, "normalisation std"),
+    ("std-negative", lambda t: {**t, "normalization": {"mean": [0.286], "std": [-1.0]}}, "normalisation std"),
+])
+def test_damaged_ticket_is_refused_before_any_output(box, tmp_path, capsys, case, damage, needle):
+    root = tmp_path / case
+    bad = root / "seed=2" / "model.pth"
+    atomic_save(box["good"], root / "seed=1" / "model.pth")
+    atomic_save(damage(box["good"]), bad)
+    code, out, err = _run(_argv(root, box), capsys)
+    line = assert_one_line_error(code, err, str(bad), needle)
+    assert "Traceback" not in line
+    assert sorted(p.name for p in root.iterdir()) == ["seed=1", "seed=2"]  # no eval/ folder left behind
+
+
+def test_damaged_snapshot_is_refused_before_any_output(box, tmp_path, capsys):
+    root = tmp_path / "snap"
+    atomic_save(box["good"], root / "seed=1" / "model.pth")
+    atomic_save(_ticket(3, role="snapshot"), root / "seed=1" / "snapshots" / "epoch_1.pth")
+    bad = root / "seed=1" / "snapshots" / "epoch_2.pth"
+    atomic_save(_nan_weight(_ticket(4, role="snapshot")), bad)
+    code, out, err = _run(["--mode", "tsne", "--resume", str(root), "--data-dir", str(box["data"]), "--no-download",
+                           "--tsne-samples", "10"], capsys)
+    assert_one_line_error(code, err, str(bad), "non-finite")
+    assert not (root / "eval").exists()
+
+
+@pytest.mark.parametrize("bins, ok", [("100000000", False), ("10001", False), ("0", False), ("200", True)])
+def test_ece_bins_are_bounded(box, tmp_path, capsys, bins, ok):
+    out_dir = tmp_path / "ev"
+    code, out, err = _run(_argv(box["base"] / "two", box, "--mode", "calibration", "--ece-bins", bins,
+                                "--output-dir", str(out_dir)), capsys)
+    if ok:
+        assert code == 0, err
+        rows = json.loads((out_dir / "results_latest.json").read_text())["rows"]
+        assert any(r["metric"] == "ece200" for r in rows)
+    else:
+        assert_one_line_error(code, err, "--ece-bins")
+        assert not out_dir.exists()
+
+
+def test_plots_line_only_when_a_plot_was_written(box, tmp_path, capsys):
+    code, out, err = _run(_argv(box["base"] / "one", box, "--output-dir", str(tmp_path / "one")), capsys)
+    assert code == 0, err
+    assert "plots:" not in out and not (tmp_path / "one" / "plots").exists()
+    code, out, err = _run(_argv(box["base"] / "two", box, "--output-dir", str(tmp_path / "two")), capsys)
+    assert code == 0, err
+    js = json.loads((tmp_path / "two" / "results_latest.json").read_text())
+    plot = Path(js["plots"]["ensemble_size"])
+    assert plot.is_file() and plot.read_bytes()[:4] == b"\x89PNG"
+    assert f"plots: {tmp_path / 'two' / 'plots'}" in out
+
+
+def test_first_k_rows_include_ece(box, tmp_path, capsys):
+    code, out, err = _run(_argv(box["base"] / "two", box, "--mode", "predict,calibration", "--output-dir",
+                                str(tmp_path / "ev")), capsys)
+    assert code == 0, err
+    rows = json.loads((tmp_path / "ev" / "results_latest.json").read_text())["rows"]
+
+    def v(mode, member, metric):
+        hits = [r["value"] for r in rows if (r["mode"], r["member"], r["metric"]) == (mode, member, metric)]
+        assert len(hits) == 1
+        return hits[0]
+
+    assert v("predict", "ensemble_first_2", "ece15") == pytest.approx(v("calibration", "ensemble", "ece15"))
+    assert v("predict", "ensemble_first_1", "ece15") == pytest.approx(v("calibration", "seed=1/model.pth", "ece15"))
+
+
+def test_results_record_provenance(box, tmp_path, capsys):
+    argv = _argv(box["base"] / "one", box, "--output-dir", str(tmp_path / "ev"))
+    code, out, err = _run(argv, capsys)
+    assert code == 0, err
+    prov = json.loads((tmp_path / "ev" / "results_latest.json").read_text())["provenance"]
+    assert prov["command"] == ["ensemble_freetickets.py", *argv]
+    assert prov["torch"] == torch.__version__ and prov["device"] == "cpu" and prov["device_name"].startswith("cpu")
+    assert prov["cuda"] == torch.version.cuda and prov["host"]
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:
+        assert prov["git_commit"] == head.stdout.strip() and isinstance(prov["git_dirty"], bool)
+    else:
+        assert prov["git_commit"] is None
+
+
+def test_loaded_ticket_round_trip_is_accepted(box):
+    """The checks accept what the ticket writer produces (guards against over-strict checks)."""
+    from sparselearning.evaluation.tickets import check_ticket
+
+    path = box["base"] / "one" / "seed=1" / "model.pth"
+    check_ticket(load_ticket(path), path)
