@@ -14,9 +14,14 @@ launcher flags already set one. The script is found relative to the current fold
 to this file, so ``python ImageNet/multiproc.py ... main.py ...`` also works from the repository
 root. torchrun starts, watches and stops the processes (one failing stops the others); this file
 manages none itself.
+
+Before torchrun starts any worker, the flags and the data root are checked once here (main.py's
+``check_command_line``): bad input is one stderr line and exit code 2, without the traceback that
+torchrun prints for every failed worker.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -60,6 +65,22 @@ def torchrun_command(argv: list[str]) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", *launcher, str(path), *script_args]
 
 
+def check_before_launch(script: str, script_args: list[str]) -> None:
+    """Bad flags or data root of this folder's main.py: one line and exit 2 now, before torchrun starts."""
+    if Path(script).resolve() != (Path(__file__).resolve().parent / "main.py"):
+        return  # another training script: it checks its own flags
+    spec = importlib.util.spec_from_file_location("imagenet_main", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from sparselearning.errors import UsageError
+
+    try:
+        module.check_command_line(script_args)
+    except UsageError as err:
+        print(f"{module.PROG}: error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -71,6 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as err:
         print(f"multiproc.py: error: {err}; {USAGE}", file=sys.stderr)
         sys.exit(2)
+    script_args = argv[_script_index(argv) + 1:]
+    check_before_launch(cmd[len(cmd) - len(script_args) - 1], script_args)
     sys.stdout.flush()
     os.execv(cmd[0], cmd)  # torchrun replaces this process: its exit status and signals are the launch's
 

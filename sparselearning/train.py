@@ -1,42 +1,43 @@
-"""The one training engine behind main_individual.py, main_DST.py, main_EDST.py and main_PF.py.
+"""The one training engine behind main_individual.py, main_DST.py, main_EDST.py, main_PF.py and ImageNet/main.py.
 
-A run is: build data, model, optimizer and (if sparse) Masking; then for every epoch set the
-LR from the script's schedule, train, validate, keep the best-validation epoch of the current
-phase as a ticket, run EDST's re-exploration when a phase ends, and save an atomic resume
-checkpoint plus summary.json. The pieces (train_one_epoch, evaluate_model, save/restore) are
-also used by ImageNet/main.py.
+A run is one ``Run`` configured by a ``RunPlan``: the parts that differ between the scripts (the
+schedule, the data source, the model, the optimizer's parameter groups, the criterion, the metrics
+kept per epoch, the process's place among data-parallel ranks) are handed to it, nothing is
+overridden. ``start_run`` locks the run folder, checks it, builds data, model, optimizer and (if
+sparse) Masking; then for every epoch the Run sets the LR from the schedule, trains, validates,
+keeps the best-validation epoch of the current phase as a ticket, runs EDST's re-exploration when
+a phase ends, and saves an atomic resume checkpoint plus summary.json (rank 0 alone writes).
+The CIFAR scripts' parts are in ``cifar_plan``.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import datetime
-import fcntl
 import json
 import math
-import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from models import get_model
-
 from . import checkpoint as ckpt
-from .cli import build_parser, validate
-from .data import DatasetSpec, get_spec, make_loaders
-from .errors import UsageError
+from .core.distributed import World, mask_sync_hook
 from .core.flops import FlopsAccountant, dense_training_flops, profile_model
 from .core.masking import Masking
-from .core.schedules import EDSTSchedule, step_lr
+from .core.schedules import Schedule
+from .data import DatasetSpec
+from .errors import MaskDesyncError, UsageError
+from .runfolder import RunLock, file_id
 
 # flags that may differ between an interrupted run and its --resume
-RESUME_FREE_FLAGS = {"resume", "overwrite", "device", "no_cuda", "workers", "log_interval", "data_dir",
-                     "output_dir", "no_progress", "amp"}
+RESUME_FREE_FLAGS = frozenset({"resume", "overwrite", "device", "no_cuda", "workers", "log_interval", "data_dir",
+                               "output_dir", "no_progress", "amp"})
 
 
 class NonFiniteLossError(RuntimeError):
@@ -61,73 +62,17 @@ def autocast_context(device: torch.device, enabled: bool):
     return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
 
 
-def _file_id(path: Path) -> tuple | None:
-    """Identity of a file's current version (an atomic replace changes it)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
-
-
-def fmt_density(d: float) -> str:
-    return f"{round(d, 6):g}"
-
-
-def run_dir_for(script: str, args: argparse.Namespace) -> Path:
-    """One consistent layout under --output-dir that ensemble_freetickets.py --resume reads directly."""
-    root = Path(args.output_dir) / args.model / args.data
-    seed = f"seed={args.seed}"
-    if script == "individual":
-        return root / "individual" / (f"density_{fmt_density(args.density)}" if args.sparse else "dense") / seed
-    if script == "DST":
-        return root / f"density_{fmt_density(args.density)}" / ("static" if args.fix else "DST") / seed
-    if script == "EDST":
-        return root / f"density_{fmt_density(args.density)}" / "EDST" / f"M={args.model_num}" / seed
-    return root / f"density_{fmt_density(1 - args.PF_rate)}" / "PF" / seed
-
-
-class RunLock:
-    """An exclusive lock on the run folder: two runs cannot write into one folder at once.
-
-    Once held, it removes the hidden ``.<name>.*.tmp`` files that a killed writer (SIGKILL in the
-    middle of an atomic save) left behind: no other process can be writing them.
-    """
-
-    def __init__(self, run_dir: Path):
-        self.path = run_dir / ".lock"
-        self.fh = None
-
-    def __enter__(self):
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.fh = open(self.path, "a")
-        except OSError as err:
-            raise UsageError(f"cannot write into the run folder {self.path.parent} ({err.strerror or err}); pass a "
-                             f"writable --output-dir") from None
-        try:
-            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.fh.close()
-            raise UsageError(f"another run is writing into {self.path.parent}; wait for it or use another "
-                             f"--output-dir") from None
-        for stale in (*self.path.parent.glob(".*.tmp"), *self.path.parent.glob("snapshots/.*.tmp")):
-            stale.unlink(missing_ok=True)
-        return self
-
-    def __exit__(self, *exc):
-        fcntl.flock(self.fh, fcntl.LOCK_UN)
-        self.fh.close()
-
-
 # ---------------------------------------------------------------------------------- one epoch
 def train_one_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Optimizer,
                     masking: Masking | None, flops: FlopsAccountant | None, *, autocast=contextlib.nullcontext,
                     scaler=None, criterion: Callable = F.cross_entropy, before_step: Callable[[int], None] | None = None,
-                    epoch: int = 0, progress: bool = True, desc: str = "train", total: int | None = None) -> dict:
+                    after_step: Callable[[int, torch.Tensor], None] | None = None, epoch: int = 0,
+                    progress: bool = True, desc: str = "train", total: int | None = None) -> dict:
     """Train over `batches`; returns mean loss/accuracy and the last batch (for dense gradients).
 
     masking.step() replaces optimizer.step() for sparse models; a non-finite loss stops the run.
+    before_step(i) runs before step i (e.g. a warm-up LR), after_step(i, loss) after it (the
+    detached loss, still on the device).
     """
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64)
@@ -160,23 +105,38 @@ def train_one_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.
         correct += (out.detach().argmax(1) == y).sum().cpu()
         seen += x.shape[0]
         last = (x, y)
+        if after_step is not None:
+            after_step(i, loss.detach())
     bar.close()
     return {"loss": float(loss_sum) / max(seen, 1), "acc": float(correct) / max(seen, 1), "last_batch": last}
 
 
 @torch.no_grad()
 def evaluate_model(model: nn.Module, batches: Iterable, *, autocast=contextlib.nullcontext,
-                   criterion: Callable = F.cross_entropy) -> dict:
-    """Mean loss and top-1 accuracy over `batches` (sums, so the last partial batch counts fully)."""
+                   criterion: Callable = F.cross_entropy, topk: tuple[int, ...] = (1,),
+                   all_sum: Callable[[list[float]], list[float]] | None = None) -> dict:
+    """Mean loss, top-1 accuracy ("acc") and "top<k>" for every other k in `topk`, and "images".
+
+    Sums, so the last partial batch counts fully; `all_sum` (e.g. World.all_sum) adds the sums of
+    every data-parallel rank, each evaluating its own shard, before the means are taken.
+    """
     model.eval()
-    loss_sum, correct, seen = 0.0, 0, 0
+    ks = [k for k in topk if k != 1]
+    loss_sum, correct, hits, seen = 0.0, 0, [0] * len(ks), 0
     for x, y in batches:
         with autocast():
             out = model(x)
         loss_sum += float(criterion(out.float(), y, reduction="sum"))
         correct += int((out.argmax(1) == y).sum())
+        if ks:
+            top = out.topk(min(max(ks), out.shape[1]), dim=1).indices
+            hits = [h + int((top[:, :k] == y[:, None]).any(1).sum()) for h, k in zip(hits, ks)]
         seen += x.shape[0]
-    return {"loss": loss_sum / max(seen, 1), "acc": correct / max(seen, 1)}
+    if all_sum is not None:
+        loss_sum, correct, *hits, seen = all_sum([loss_sum, correct, *hits, seen])
+    n = max(seen, 1)
+    return {"loss": loss_sum / n, "acc": correct / n, **{f"top{k}": h / n for k, h in zip(ks, hits)},
+            "images": int(seen)}
 
 
 def dense_gradients(model: nn.Module, batch, *, autocast=contextlib.nullcontext, criterion=F.cross_entropy) -> None:
@@ -189,65 +149,83 @@ def dense_gradients(model: nn.Module, batch, *, autocast=contextlib.nullcontext,
     loss.backward()
 
 
-# ---------------------------------------------------------------------------------- the run
+# ---------------------------------------------------------------------------------- the parts of a run
+@dataclass
+class DataSource:
+    """Training and validation batches (each with len(); train also with num_samples, over all ranks)."""
+
+    spec: DatasetSpec
+    train: Any
+    val: Any | None
+    generator: torch.Generator | None = None  # the training order's RNG, saved for --resume
+    start_epoch: Callable[[int], None] | None = None  # reseeds the data order of an epoch (instead of generator)
+    counts: tuple[int, ...] = ()  # what every rank must see the same of (images, classes)
+    ticket_meta: dict = field(default_factory=dict)  # extra ticket fields (e.g. class names)
+    summary: dict | None = None  # summary.json's "dataset" block
+
+
+@dataclass
+class RunPlan:
+    """Everything that differs between runs, handed to the one Run."""
+
+    program: str  # "main_DST.py", "ImageNet/main.py": in the log and summary.json
+    script: str  # the resume checkpoint's "script" (a run resumes only its own script's checkpoints)
+    kind: str  # dense | sparse | static | DST | EDST | PF
+    dataset: str
+    run_dir: Path
+    schedule: Schedule
+    device: torch.device
+    data: Callable[[], DataSource]
+    model: Callable[[DatasetSpec], nn.Module]
+    optimizer: Callable[[nn.Module], torch.optim.Optimizer]
+    sparse_init: dict | None  # Masking.add_module arguments; None: dense
+    fixed_mask: bool = False
+    numbered_tickets: bool = False  # model_<k>.pth, else model.pth
+    criterion: Callable = F.cross_entropy
+    topk: tuple[int, ...] = (1,)  # accuracies kept per epoch
+    prepare_model: Callable[[nn.Module, DatasetSpec], None] | None = None  # e.g. PF's pretrained weights
+    world: World = World()
+    wrap_model: Callable[[nn.Module], nn.Module] | None = None  # e.g. DistributedDataParallel
+    progress: bool = True
+    log_every: int = 0  # iterations between training-loss lines in train.log (0: none)
+    resume_free: frozenset = RESUME_FREE_FLAGS
+    flag_defaults: dict = field(default_factory=dict)  # the parser's defaults (a new flag at its default is no change)
+    fresh_resume_note: str | None = None  # what --resume says when there is no checkpoint yet
+    start_note: str = ""
+    ticket_meta: dict = field(default_factory=dict)
+
+
 class Run:
-    """State and steps of one training run (built from parsed flags)."""
+    """State and steps of one training run: flags plus a RunPlan."""
 
-    def __init__(self, script: str, args: argparse.Namespace):
-        self.script, self.args = script, args
-        self.run_dir = run_dir_for(script, args)
-        self.device = pick_device(args.device)
-        self.progress = not args.no_progress
-        self.spec: DatasetSpec = get_spec(args.data)
-        self.total_epochs = args.epochs * args.multiplier
-        self.edst = (EDSTSchedule(self.total_epochs, args.epochs_explo * args.multiplier, args.model_num)
-                     if script == "EDST" else None)
-        self.flags = {k: v for k, v in vars(args).items()}
-
-    # -- schedule
-    def lr_for(self, epoch: int) -> float:
-        if self.edst is not None:
-            return self.edst.lr(epoch, self.args.lr)
-        if self.args.nolrsche:
-            return self.args.lr
-        return step_lr(epoch, self.total_epochs, self.args.lr)
-
-    def phase_of(self, epoch: int) -> int:
-        """Ticket index selected at this epoch (-1: EDST exploration, no ticket)."""
-        return self.edst.phase(epoch) if self.edst is not None else 0
+    def __init__(self, args: argparse.Namespace, plan: RunPlan):
+        self.args, self.plan = args, plan
+        self.run_dir, self.world, self.schedule, self.device = plan.run_dir, plan.world, plan.schedule, plan.device
+        self.total_epochs = plan.schedule.epochs
+        self.flags = dict(vars(args))
+        self.kind = plan.kind
+        self.writing = False  # rank 0, once start_run holds the run folder
+        self._resume_cache = None
 
     def ticket_name(self, phase: int) -> str:
-        return f"model_{phase}.pth" if self.edst is not None else "model.pth"
-
-    @property
-    def kind(self) -> str:
-        if self.script == "individual":
-            return "sparse" if self.args.sparse else "dense"
-        if self.script == "DST" and self.args.fix:
-            return "static"
-        return self.script
+        return f"model_{phase}.pth" if self.plan.numbered_tickets else "model.pth"
 
     # -- building
     def check_output_folder(self) -> Path | None:
         """Refuse to overwrite another run; return the checkpoint to resume from, if any.
 
-        Nothing is written here; a checkpoint to resume from is loaded and checked now (kept for
-        restore), so a bad one fails before the run folder is touched.
+        A checkpoint to resume from is loaded and checked now (kept for restore), so a bad one
+        fails before anything is built.
         """
         args, last = self.args, self.run_dir / "last.pth"
-        for folder in (self.run_dir, *self.run_dir.parents):
-            if folder.exists():
-                if not folder.is_dir():
-                    raise UsageError(f"cannot create the run folder {self.run_dir}: {folder} is a file; pass "
-                                     f"another --output-dir")
-                break
         if isinstance(args.resume, str):
             path = Path(args.resume)
             if not path.is_file():
                 raise UsageError(f"--resume {path}: no such checkpoint; give the run's last.pth or plain --resume")
         elif args.resume:
             if not last.is_file():
-                print(f"note: nothing to resume in {self.run_dir}; starting a new run")
+                self.note(self.plan.fresh_resume_note or f"note: nothing to resume in {self.run_dir}; starting a "
+                                                         f"new run")
                 return None
             path = last
         else:
@@ -256,83 +234,85 @@ class Run:
                 raise UsageError(f"{self.run_dir} already holds a run ({', '.join(existing)}); continue it with "
                                  f"--resume, replace it with --overwrite, or choose another --output-dir/--seed")
             return None
-        self._resume_cache = (path, _file_id(path), self.load_resume(path))
+        self._resume_cache = (path, file_id(path), self.load_resume(path))
         return path
 
     def build(self) -> None:
-        args = self.args
-        gen = torch.Generator().manual_seed(args.seed)
-        self.loader_generator = gen
-        self.train_loader, self.val_loader, self.test_loader, _ = make_loaders(
-            args.data, args.data_dir, args.batch_size, args.test_batch_size, args.valid_split, self.device, gen)
+        args, plan = self.args, self.plan
+        self.data = plan.data()
+        self.spec = self.data.spec
+        self.train_loader, self.val_loader = self.data.train, self.data.val
+        self.loader_generator = self.data.generator or torch.Generator()
         torch.manual_seed(args.seed)
-        self.model = get_model(args.model, num_classes=self.spec.num_classes, in_channels=self.spec.in_channels,
-                               image_size=self.spec.image_size).to(self.device)
-        if self.script == "PF":
-            self.load_pretrained(args.pretrained)
-        if args.optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=args.lr, momentum=args.momentum,
-                                             weight_decay=args.l2, nesterov=False)
-        else:
-            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=args.lr, weight_decay=args.l2)
+        self.model = plan.model(self.spec).to(self.device)
+        if plan.prepare_model is not None:
+            plan.prepare_model(self.model, self.spec)
+        self.optimizer = plan.optimizer(self.model)
         self.masking = None
-        if args.sparse or self.script in ("DST", "EDST", "PF"):
-            fixed = args.fix or self.script == "PF"
+        if plan.sparse_init is not None:
+            steps_per_epoch = len(self.train_loader)
             self.masking = Masking(self.optimizer, death_rate=args.death_rate, death_mode=args.death,
                                    growth_mode=args.growth, redistribution_mode=args.redistribution,
                                    death_rate_schedule=args.decay_schedule,
-                                   total_steps=len(self.train_loader) * self.total_epochs,
+                                   total_steps=steps_per_epoch * self.total_epochs,
                                    final_death_rate=args.final_death_rate,
-                                   update_frequency=None if fixed else args.update_frequency,
-                                   threshold=args.death_threshold, momentum_beta=args.momentum, seed=args.seed)
-            if self.script == "PF":
-                self.masking.add_module(self.model, sparse_init="pruning", pf_rate=args.PF_rate)
-            else:
-                self.masking.add_module(self.model, density=args.density, sparse_init=args.sparse_init,
-                                        erk_power_scale=args.erk_power_scale)
+                                   update_frequency=None if plan.fixed_mask else args.update_frequency,
+                                   threshold=args.death_threshold, momentum_beta=args.momentum,
+                                   seed=args.seed,  # the same on every rank: every rank draws the same masks
+                                   death_rate_restarts=self.schedule.death_rate_restarts(steps_per_epoch))
+            self.masking.add_module(self.model, **plan.sparse_init)
         shape = (self.spec.in_channels, self.spec.image_size, self.spec.image_size)
         self.profile = profile_model(self.model, shape, list(self.masking.masks) if self.masking else None)
-        self.flops = FlopsAccountant(self.profile, self.masking.layer_densities() if self.masking else {})
+        self.flops = FlopsAccountant(self.profile, self.masking.layer_densities() if self.masking else {},
+                                     self.world.size)
         self.autocast, self.scaler = autocast_context(self.device, args.amp)
         if args.amp and self.device.type != "cuda":
-            print("note: --amp applies on CUDA only; training in float32 on the CPU")
+            self.note("note: --amp applies on CUDA only; training in float32 on the CPU")
+        self.net = self.model  # what trains: the model, or its DistributedDataParallel wrapper (connect)
         self.epoch = 0
         self.best: dict[int, float] = {}
         self.tickets: dict[int, dict] = {}
         self.history: list[dict] = []
         self.elapsed = 0.0
 
-    def load_pretrained(self, path: str) -> None:
-        """PF: a dense checkpoint, loaded strictly (the original's strict=False could load nothing)."""
-        obj = ckpt.safe_load(path)
-        if ckpt.is_ticket(obj):
-            if obj["model"] != self.args.model or obj["num_classes"] != self.spec.num_classes:
-                raise UsageError(f"--pretrained {path} is a {obj['model']} with {obj['num_classes']} classes, not a "
-                                 f"{self.args.model} for {self.args.data}; pass the matching dense checkpoint")
-            if obj["sparse_state"]:
-                print(f"note: --pretrained {path} is already sparse; pruning it further")
-            state = ckpt.ticket_state_dict(obj)
-        elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-            state = obj["state_dict"]
-        elif isinstance(obj, dict) and obj and all(torch.is_tensor(v) for v in obj.values()):
-            state = obj
-        else:
-            raise UsageError(f"--pretrained {path} holds no model weights; pass a dense checkpoint from "
-                             f"main_individual.py")
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-        try:
-            self.model.load_state_dict(state, strict=True)
-        except RuntimeError as err:
-            raise UsageError(f"--pretrained {path} does not fit {self.args.model} "
-                             f"({str(err).splitlines()[0][:100]}); pass a checkpoint of the same architecture") from None
+    def connect(self) -> None:
+        """Join the data-parallel ranks (plan.wrap_model), check they agree, then rank 0's masks everywhere,
+        checked by an all-reduced checksum now and after every topology update."""
+        if self.plan.wrap_model is not None:
+            self.net = self.plan.wrap_model(self.model)
+        if self.world.size == 1:
+            return
+        mine = [self.epoch, self.masking.steps if self.masking else 0, *self.data.counts]
+        if not self.world.agree(mine):
+            raise UsageError(f"the processes disagree on (epoch, step, train images, classes, val images): rank "
+                             f"{self.world.rank} has {mine}; every node must see the same data root and, for "
+                             f"--resume, the same run folder (a shared filesystem)")
+        if self.masking is not None:
+            self.masking.broadcast_masks(src=0)
+            check = mask_sync_hook(lambda event, checksum: self.log(
+                f"{event}: masks identical on {self.world.size} rank(s), checksum {checksum}, density "
+                f"{self.masking.density():.4f}"))
+            check(self.masking, "initial masks")
+            self.masking.add_update_hook(check)
 
     # -- persistence
     def fingerprint(self) -> dict:
-        return {k: v for k, v in self.flags.items() if k not in RESUME_FREE_FLAGS}
+        return {k: v for k, v in self.flags.items() if k not in self.plan.resume_free}
+
+    def fingerprint_differences(self, saved: dict) -> list[str]:
+        """Flags that differ from the checkpoint's; one newer than the checkpoint counts only off its default."""
+        mine, defaults = self.fingerprint(), self.plan.flag_defaults
+
+        def differs(k: str) -> bool:
+            if k in saved:
+                return saved[k] != mine[k]
+            return k not in defaults or defaults[k] != mine[k]
+
+        return sorted(k for k in mine if differs(k))
 
     def resume_state(self) -> dict:
         return {
-            "format": ckpt.RESUME_FORMAT, "script": self.script, "flags": self.fingerprint(), "epoch": self.epoch,
+            "format": ckpt.RESUME_FORMAT, "script": self.plan.script, "flags": self.fingerprint(), "epoch": self.epoch,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "masking": self.masking.state_dict() if self.masking else None,
             "scaler": self.scaler.state_dict() if self.scaler else None,
@@ -349,16 +329,16 @@ class Run:
         if not isinstance(state, dict) or state.get("format") != ckpt.RESUME_FORMAT:
             raise UsageError(f"{path} is not a resume checkpoint of these scripts; pass the run's last.pth")
         flags = state.get("flags") if isinstance(state.get("flags"), dict) else {}
-        if state.get("script") != self.script or flags != self.fingerprint():
-            diff = sorted(k for k in set(flags) | set(self.fingerprint()) if flags.get(k) != self.fingerprint().get(k))
+        diff = self.fingerprint_differences(flags)
+        if state.get("script") != self.plan.script or diff:
             raise UsageError(f"{path} was written by a run with other settings (differs in: "
                              f"{', '.join(diff) or 'script'}); resume with the same flags or start over with "
                              f"--overwrite")
         return state
 
     def restore(self, path: Path) -> None:
-        cached, self._resume_cache = getattr(self, "_resume_cache", None), None
-        if cached is not None and cached[0] == path and cached[1] == _file_id(path):
+        cached, self._resume_cache = self._resume_cache, None
+        if cached is not None and cached[0] == path and cached[1] == file_id(path):
             state = cached[2]  # checked by check_output_folder, and the file is unchanged since
         else:
             state = self.load_resume(path)
@@ -382,111 +362,184 @@ class Run:
         self.history = list(state["history"])
         self.flops.load_state_dict(state["flops"])
         self.elapsed = float(state["elapsed"])
-        print(f"resumed {self.run_dir} after epoch {self.epoch}")
+        self.note(f"resumed {self.run_dir} after epoch {self.epoch}")
+
+    def remove_old_run(self) -> None:
+        """--overwrite: the previous run's files go before the new run writes any."""
+        for old in [*self.run_dir.glob("model*.pth"), *self.run_dir.glob("snapshots/*.pth"),
+                    *(self.run_dir / n for n in ("last.pth", "summary.json", "train.log"))]:
+            old.unlink(missing_ok=True)
 
     def ticket_meta(self, phase: int, val: dict, role: str = "ticket") -> dict:
         return {
             "model": self.args.model, "num_classes": self.spec.num_classes, "in_channels": self.spec.in_channels,
-            "image_size": self.spec.image_size, "dataset": self.args.data,
+            "image_size": self.spec.image_size, "dataset": self.plan.dataset,
             "normalization": {"mean": list(self.spec.mean), "std": list(self.spec.std)},
             "args": {k: v for k, v in self.flags.items() if isinstance(v, (str, int, float, bool, type(None)))},
             "kind": self.kind, "seed": self.args.seed, "epoch": self.epoch, "ticket_index": phase, "role": role,
-            "val_acc": val.get("acc"), "val_loss": val.get("loss"),
+            "val_acc": val.get("acc"), "val_loss": val.get("loss"), **self._topk(val),
             "density": self.masking.density() if self.masking else 1.0,
+            **self.data.ticket_meta, **self.plan.ticket_meta,
         }
+
+    def _topk(self, val: dict) -> dict:
+        return {f"val_top{k}": val.get(f"top{k}") for k in self.plan.topk if k != 1}
 
     def save_ticket(self, phase: int, val: dict) -> None:
         name = self.ticket_name(phase)
-        ticket = ckpt.build_ticket(self.model, self.masking.masks if self.masking else None,
-                                   self.ticket_meta(phase, val))
-        ckpt.atomic_save(ticket, self.run_dir / name)
+        if self.writing:
+            ticket = ckpt.build_ticket(self.model, self.masking.masks if self.masking else None,
+                                       self.ticket_meta(phase, val))
+            ckpt.atomic_save(ticket, self.run_dir / name)
         self.tickets[phase] = {"file": name, "ticket_index": phase, "epoch": self.epoch, "val_acc": val.get("acc"),
                                "val_loss": val.get("loss"),
                                "active_weights": self.masking.num_active() if self.masking else self.num_params(),
-                               "density": self.masking.density() if self.masking else 1.0}
+                               "density": self.masking.density() if self.masking else 1.0, **self._topk(val)}
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
     def summary(self, status: str) -> dict:
         dense_ref = dense_training_flops(self.profile, self.train_loader.num_samples)
+        same_epochs = dense_training_flops(self.profile, self.train_loader.num_samples, self.total_epochs)
         n_all = self.num_params()
         n_sparse_total = self.masking.num_total() if self.masking else 0
         active = (n_all - n_sparse_total + self.masking.num_active()) if self.masking else n_all
+        backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else None
         return {
-            "script": f"main_{self.script}.py", "kind": self.kind, "status": status, "flags": self.flags,
+            "script": self.plan.program, "kind": self.kind, "status": status, "flags": self.flags,
             "run_dir": str(self.run_dir), "device": str(self.device), "epochs_done": self.epoch,
-            "epochs_total": self.total_epochs,
-            "schedule": ({"reexplore_after": list(self.edst.reexplore_epochs),
-                          "lr_drop_after": list(self.edst.lr_drop_epochs),
-                          "phase_length": self.edst.phase_length} if self.edst else None),
+            "epochs_total": self.total_epochs, "schedule": self.schedule.describe(),
             "parameters": {"total": n_all, "active": active, "density": active / n_all},
             "training_flops": self.flops.total,
             "training_flops_relative_to_dense_250_epochs": self.flops.total / dense_ref,
+            "training_flops_relative_to_dense_same_epochs": self.flops.total / same_epochs,
             "dense_forward_flops_per_sample": self.profile.dense,
             "sparse_forward_flops_per_sample": self.profile.sparse(self.flops.densities),
+            "distributed": {"world_size": self.world.size, "backend": backend,
+                            "batch_size_per_process": self.args.batch_size,
+                            "global_batch_size": self.args.batch_size * self.world.size},
+            **({"dataset": self.data.summary} if self.data.summary else {}),
             "tickets": [self.tickets[k] for k in sorted(self.tickets)],
             "history": self.history, "elapsed_seconds": self.elapsed,
         }
 
     def write_summary(self, status: str) -> None:
-        ckpt.atomic_write_text(json.dumps(self.summary(status), indent=1, default=str), self.run_dir / "summary.json")
+        if self.writing:
+            ckpt.atomic_write_text(json.dumps(self.summary(status), indent=1, default=str),
+                                   self.run_dir / "summary.json")
+
+    def note(self, line: str) -> None:
+        """A message on rank 0's stdout."""
+        if self.world.is_main:
+            print(line, flush=True)
 
     def log(self, line: str) -> None:
-        print(line, flush=True)
-        with open(self.run_dir / "train.log", "a") as fh:
-            fh.write(line + "\n")
+        """A message on rank 0's stdout and in train.log."""
+        self.note(line)
+        if self.writing:
+            with open(self.run_dir / "train.log", "a") as fh:
+                fh.write(line + "\n")
 
     # -- the loop
+    def train(self) -> dict:
+        while self.epoch < self.total_epochs:
+            epoch = self.epoch + 1
+            lr = self.schedule.lr(epoch)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            if self.data.start_epoch is not None:
+                self.data.start_epoch(epoch)
+            start = time.time()
+            stats = train_one_epoch(self.net, self.train_loader, self.optimizer, self.masking, self.flops,
+                                    autocast=self.autocast, scaler=self.scaler, criterion=self.plan.criterion,
+                                    **self.step_hooks(epoch, lr), epoch=epoch, progress=self.plan.progress,
+                                    desc=f"epoch {epoch}/{self.total_epochs}", total=len(self.train_loader))
+            self.epoch = epoch
+            self.end_of_epoch(epoch, stats)
+            self.elapsed += time.time() - start
+            if self.writing:
+                ckpt.atomic_save(self.resume_state(), self.run_dir / "last.pth")
+            self.write_summary("running")
+        return self.finish()
+
+    def step_hooks(self, epoch: int, lr: float) -> dict:
+        """Per-iteration warm-up of the LR, and the running training loss every plan.log_every iterations."""
+        hooks, n, every = {}, len(self.train_loader), self.plan.log_every
+        warm = epoch <= self.schedule.warmup
+        window = {"sum": None, "count": 0, "clock": time.time()}
+
+        def before_step(i: int) -> None:
+            if warm:
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr * self.schedule.warmup_fraction(epoch, i, n)
+            if every and i > 0 and i % every == 0 and self.world.is_main:
+                now, mean = time.time(), float(window["sum"]) / window["count"]
+                rate = every * self.args.batch_size * self.world.size / max(now - window["clock"], 1e-9)
+                window.update(sum=None, count=0, clock=now)
+                self.log(f"epoch {epoch}/{self.total_epochs} [{i}/{n}] loss {mean:.4f} "
+                         f"lr {self.optimizer.param_groups[0]['lr']:.4g} | {rate:.1f} images/s")
+
+        def after_step(i: int, loss: torch.Tensor) -> None:
+            window["sum"] = loss.float() if window["sum"] is None else window["sum"] + loss.float()
+            window["count"] += 1
+
+        if warm or every:
+            hooks["before_step"] = before_step
+        if every and self.world.is_main:
+            hooks["after_step"] = after_step
+        return hooks
+
+    def validate(self) -> dict:
+        """Validation metrics of the model over the whole val split (every rank its shard, summed)."""
+        if not self.val_loader:
+            return {}
+        self.world.broadcast_buffers(self.model)  # rank 0's BatchNorm statistics: exactly the model saved
+        return evaluate_model(self.model, self.val_loader, autocast=self.autocast, topk=self.plan.topk,
+                              all_sum=self.world.all_sum if self.world.size > 1 else None)
+
     def end_of_epoch(self, epoch: int, train_stats: dict) -> None:
         """Validation, ticket selection, EDST re-exploration, checkpoints."""
-        val = evaluate_model(self.model, self.val_loader, autocast=self.autocast) if self.val_loader else {}
-        phase = self.phase_of(epoch)
-        if self.edst is not None and self.edst.phase_starts(epoch):
-            self.best.pop(phase, None)  # the best is reset at the start of every refinement phase
+        train_loss, train_acc = train_stats["loss"], train_stats["acc"]
+        if self.world.size > 1:
+            train_loss, train_acc = (v / self.world.size for v in self.world.all_sum([train_loss, train_acc]))
+        val = self.validate()
+        phase = self.schedule.phase(epoch)
+        if self.schedule.phase_starts_at(epoch):
+            self.best.pop(phase, None)  # the best is reset at the start of every phase
         if phase >= 0:
             score = val.get("acc", float(epoch))  # no validation split: keep the latest epoch
             if score > self.best.get(phase, -math.inf):
                 self.best[phase] = score
                 self.save_ticket(phase, val)
         event = ""
-        if self.edst is not None and self.edst.reexplore_after(epoch) and self.masking and not self.args.fix:
-            dense_gradients(self.model, train_stats["last_batch"], autocast=self.autocast)
-            removed = self.masking.truncate_weights(self.args.large_death_rate)
-            self.flops.total += self.flops.profile.dense * train_stats["last_batch"][0].shape[0]  # dense gradient batch
+        if self.schedule.reexplore_after(epoch) and self.masking and not self.args.fix:
+            batch = train_stats["last_batch"]
+            dense_gradients(self.net, batch, autocast=self.autocast, criterion=self.plan.criterion)
+            removed = self.masking.reexplore(self.args.large_death_rate)
+            self.flops.add_dense_gradient_batch(batch[0].shape[0])
             self.flops.set_densities(self.masking.layer_densities())
             event = f" | re-exploration q={self.args.large_death_rate}: {sum(removed.values())} weights replaced"
-        row = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_stats["loss"],
-               "train_acc": train_stats["acc"], "val_loss": val.get("loss"), "val_acc": val.get("acc"),
+        row = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
+               "train_acc": train_acc, "val_loss": val.get("loss"), "val_acc": val.get("acc"), **self._topk(val),
                "phase": phase, "density": self.masking.density() if self.masking else 1.0,
                "exploration_rate": self.masking.exploration_rate() if self.masking else None,
                "training_flops": self.flops.total}
         self.history.append(row)
-        if self.args.save_every and epoch % self.args.save_every == 0:
+        save_every = getattr(self.args, "save_every", 0)
+        if save_every and epoch % save_every == 0 and self.writing:
             snap = ckpt.build_ticket(self.model, self.masking.masks if self.masking else None,
                                      self.ticket_meta(phase, val, role="snapshot"))
             ckpt.atomic_save(snap, self.run_dir / "snapshots" / f"epoch_{epoch}.pth")
-        val_txt = f"val loss {val['loss']:.4f} acc {val['acc']:.4f}" if val else "no validation split"
+        val_txt = "no validation split"
+        if val:
+            val_txt = f"val loss {val['loss']:.4f} acc {val['acc']:.4f}" + "".join(
+                f" top{k} {val[f'top{k}']:.4f}" for k in self.plan.topk if k != 1)
+            if self.world.size > 1:
+                val_txt += f" ({val['images']} images)"
         extra = f" density {row['density']:.4f} explored {row['exploration_rate']:.4f}" if self.masking else ""
-        self.log(f"epoch {epoch}/{self.total_epochs} lr {row['lr']:.4g} | train loss {train_stats['loss']:.4f} "
-                 f"acc {train_stats['acc']:.4f} | {val_txt} |{extra} {event}".rstrip())
-
-    def train(self) -> dict:
-        while self.epoch < self.total_epochs:
-            epoch = self.epoch + 1
-            lr = self.lr_for(epoch)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            start = time.time()
-            stats = train_one_epoch(self.model, self.train_loader, self.optimizer, self.masking, self.flops,
-                                    autocast=self.autocast, scaler=self.scaler, epoch=epoch, progress=self.progress,
-                                    desc=f"epoch {epoch}/{self.total_epochs}", total=len(self.train_loader))
-            self.epoch = epoch
-            self.end_of_epoch(epoch, stats)
-            self.elapsed += time.time() - start
-            ckpt.atomic_save(self.resume_state(), self.run_dir / "last.pth")
-            self.write_summary("running")
-        return self.finish()
+        self.log(f"epoch {epoch}/{self.total_epochs} lr {row['lr']:.4g} | train loss {train_loss:.4f} "
+                 f"acc {train_acc:.4f} | {val_txt} |{extra} {event}".rstrip())
 
     def finish(self) -> dict:
         self.write_summary("finished")
@@ -497,34 +550,52 @@ class Run:
         return s
 
 
-def main(script: str, argv: list[str] | None = None) -> dict:
-    """Parse flags, check them, and run; the only thing the four entry scripts call."""
-    args = build_parser(script).parse_args(argv)
-    validate(script, args)
-    run = Run(script, args)
-    resume_from = run.check_output_folder()  # errors out before anything is written
-    run.build()  # loads data and the pretrained model: bad input fails here, before the run folder exists
-    with RunLock(run.run_dir):
+def start_run(run: Run) -> dict:
+    """Lock the run folder (rank 0), check it, build, restore or clear, join the ranks, then train.
+
+    The lock comes first, so that two runs started together into one folder cannot both find it
+    free; bad input found before training leaves nothing behind (see RunLock).
+    """
+    with RunLock(run.run_dir, enabled=run.world.is_main) as lock:
+        resume_from = run.check_output_folder()
+        run.build()  # loads data and the pretrained model: bad input fails here
         if resume_from is not None:
             run.restore(resume_from)
-        elif args.overwrite:
-            for old in [*run.run_dir.glob("model*.pth"), *run.run_dir.glob("snapshots/*.pth"),
-                        *(run.run_dir / n for n in ("last.pth", "summary.json", "train.log"))]:
-                old.unlink(missing_ok=True)
-        defaults = vars(build_parser(script).parse_args([]))
-        changed = " ".join(f"--{k}={v}" for k, v in sorted(run.fingerprint().items()) if defaults.get(k) != v)
-        run.log(f"main_{script}.py started {datetime.datetime.now().isoformat(timespec='seconds')} on {run.device}: "
-                f"{changed} (all flags in summary.json)")
+        elif run.args.overwrite and run.world.is_main:
+            run.remove_old_run()
+        lock.keep()
+        run.writing = run.world.is_main
         return train_reporting_errors(run)
 
 
 def train_reporting_errors(run: Run) -> dict:
-    """run.train(), with a non-finite loss or a failed write turned into a one-line error."""
+    """Join the ranks and train, with a non-finite loss, a failed write or a mask desync reported in one line."""
     try:
+        run.connect()
+        defaults = run.plan.flag_defaults
+        changed = " ".join(f"--{k}={v}" for k, v in sorted(run.fingerprint().items()) if defaults.get(k) != v)
+        run.log(f"{run.plan.program} started {datetime.datetime.now().isoformat(timespec='seconds')} on "
+                f"{run.device}{run.plan.start_note}: {changed} (all flags in summary.json)")
+        run.write_summary("running")
         return run.train()
     except NonFiniteLossError as err:
         run.write_summary("failed: non-finite loss")
         raise UsageError(str(err)) from None
+    except MaskDesyncError as err:
+        run.log(f"error: {err}")
+        run.write_summary("failed: masks differ between ranks")
+        raise
     except OSError as err:  # e.g. train.log on a full disk (checkpoints raise ckpt.WriteError themselves)
         raise UsageError(f"could not write {err.filename or run.run_dir} ({err.strerror or err}); the last "
                          f"complete checkpoint is intact - free disk space, then add --resume") from None
+
+
+def main(script: str, argv: list[str] | None = None) -> dict:
+    """Parse flags, check them, and run; the only thing the four CIFAR entry scripts call."""
+    from .cli import build_parser, parser_defaults, validate
+    from .recipes import cifar_plan
+
+    parser = build_parser(script)
+    args = parser.parse_args(argv)
+    validate(script, args)
+    return start_run(Run(args, cifar_plan(script, args, parser_defaults(parser))))

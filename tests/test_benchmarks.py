@@ -71,37 +71,6 @@ def test_paper_multipliers_for_wrn28_10(ft):
     assert rel(0.2, 250, 3, 0, runs=3) == pytest.approx(1.02, abs=0.01)
 
 
-def test_reproduce_small_folders_match_the_engine_layout(rs, tmp_path):
-    """Every run folder reproduce_small reads is the one the engine writes for the job's flags."""
-    from sparselearning.cli import build_parser
-    from sparselearning.train import run_dir_for
-
-    plan = rs.Plan(out=tmp_path, epochs=5, edst_explo=3, edst_phase=2, pf_epochs=2, replicates=2, members=3,
-                   density=0.2, update_frequency=200, pf_lr=0.01, ood=["gaussian"], corruptions=["contrast"])
-    jobs = rs.build_jobs(plan)
-    scripts = {"main_individual.py": "individual", "main_DST.py": "DST", "main_EDST.py": "EDST", "main_PF.py": "PF"}
-    checked = 0
-    for job in jobs:
-        if job.argv[0] not in scripts:
-            assert job.argv[0] == "ensemble_freetickets.py"
-            continue
-        script = scripts[job.argv[0]]
-        args = build_parser(script).parse_args(job.argv[1:])
-        r = int(job.name[1:job.name.index("-")])
-        method = {"individual": "dense", "DST": "static" if args.fix else "DST"}.get(script, script)
-        assert run_dir_for(script, args) == plan.run_dir(method, r, args.seed)
-        if script == "PF":
-            assert Path(args.pretrained) == plan.run_dir("dense", r, args.seed) / "model.pth"
-        checked += 1
-    assert checked == 2 * (3 * 4 + 1)
-    # every eval job reads a folder that holds exactly its ensemble's runs
-    for r in range(2):
-        for method in ("deep", "static", "DST", "PF"):
-            for run in plan.runs_of(method, r):
-                assert plan.ensemble_dir(method, r) in run.parents
-        assert plan.ensemble_dir("EDST", r) == plan.runs_of("EDST", r)[0]
-
-
 def test_reproduce_small_claims_and_table(rs):
     def row(method, **kw):
         base = {"method": method, "label": rs.LABELS[method], "n": 3, "M": 3}

@@ -11,8 +11,9 @@
 
 The killed runs are real processes started as users start them, through a small bootstrap (``BOOT`` below, passed
 with ``python -c``) that only observes and pauses: it logs every atomic save to an events file and, when asked,
-holds the process in the middle of one save (half the bytes written to the temporary file), right after one, or
-before one training step, so that the kill lands exactly there. Nothing in the production code knows about it.
+holds the process in the middle of one save (half the bytes written to the temporary file), right after one,
+before one training step, or while it builds data and model, so that the kill (or a second run) lands exactly
+there. Nothing in the production code knows about it.
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ from sparselearning import train as _tr
 
 _EVENTS, _PAUSE, _RELEASE = os.environ["FT_EVENTS"], os.environ.get("FT_PAUSE", ""), os.environ.get("FT_RELEASE", "")
 _counts, _current = {}, [None]
-_save, _atomic_save, _train_one_epoch = torch.save, _ck.atomic_save, _tr.train_one_epoch
+_save, _atomic_save, _train_one_epoch, _build = torch.save, _ck.atomic_save, _tr.train_one_epoch, _tr.Run.build
 
 
 def _event(text):
@@ -109,9 +110,17 @@ def _observed_epoch(model, batches, *args, epoch=0, **kwargs):
     return _train_one_epoch(model, batches, *args, epoch=epoch, **kwargs)
 
 
+def _observed_build(self):
+    if _PAUSE == "build":
+        _event("paused in build")
+        _hold()
+    return _build(self)
+
+
 torch.save = _paused_save
 _ck.atomic_save = _observed_atomic_save
 _tr.train_one_epoch = _observed_epoch
+_tr.Run.build = _observed_build
 sys.argv = sys.argv[1:]
 _event("start")
 runpy.run_path(sys.argv[0], run_name="__main__")
@@ -346,8 +355,8 @@ def test_sigkill_anywhere_then_resume_is_bit_identical(name, env, tmp_path):
             if where is None:  # a random delay longer than the rest of the run: it finished
                 assert step[0] == "random" and proc.p.returncode == 0, proc.output()[-3000:]
         if i and any(line.startswith("begin ") for line in proc.lines()):  # it got past restoring
-            expected = (f"resumed {run_dir} after epoch {last_epoch}" if last_epoch is not None
-                        else f"note: nothing to resume in {run_dir}")
+            fresh = f"note: {run_dir} holds no last.pth yet" if name == "PF" else f"note: nothing to resume in {run_dir}"
+            expected = f"resumed {run_dir} after epoch {last_epoch}" if last_epoch is not None else fresh
             assert expected in proc.output(), (expected, proc.output()[-2000:])
         if where is None:
             break
@@ -393,12 +402,40 @@ def test_finished_run_is_never_overwritten(env, tmp_path):
                 (["--lr", "0.05"], ("already holds a run", "--resume", "--overwrite")),
                 (["--epochs", "6", "--death-rate", "0.3"], ("already holds a run", "--resume", "--overwrite")),
                 (["--lr", "0.05", "--resume"], ("other settings", "lr", "--overwrite"))]
-    procs = [subprocess.Popen([sys.executable, str(REPO / "main_DST.py"), *args, *extra], cwd=REPO, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for extra, _ in variants]
-    for p, (_, needles) in zip(procs, variants):
-        _, err = p.communicate(timeout=300)
-        assert_one_line_error(p.returncode, err, *needles)
+    for extra, needles in variants:  # one after the other: at once, all but one would meet the lock first
+        p = subprocess.run([sys.executable, str(REPO / "main_DST.py"), *args, *extra], cwd=REPO, text=True,
+                           capture_output=True, timeout=300)
+        assert_one_line_error(p.returncode, p.stderr, *needles)
     assert tree_state(out) == before
+
+
+def test_a_run_started_while_another_builds_is_refused(env, tmp_path):
+    """The lock comes before the folder check: a second run started while the first still builds its data and
+    model (where both used to find the folder free, and the later one overwrote the other's tickets) is refused."""
+    out = tmp_path / "out"
+    args = env["args_for"]("DST", out)
+    run_dir = env["run_dir"]("DST", out)
+    first = Proc(tmp_path, "main_DST.py", args, pause="build", tag="first")
+    assert first.wait_for("paused in build")  # checked the folder (empty), holds the lock, builds
+    second = subprocess.run([sys.executable, str(REPO / "main_DST.py"), *args], cwd=REPO, text=True,
+                            capture_output=True, timeout=300)
+    assert_one_line_error(second.returncode, second.stderr, "another run is writing into", str(run_dir))
+    first.release.touch()
+    assert first.p.wait(timeout=300) == 0, first.output()[-3000:]
+    assert_same_run(run_dir, env["reference"]("DST"))
+
+
+def test_a_run_killed_in_its_first_epoch_leaves_its_flags(env, tmp_path):
+    """summary.json (status "running", every flag) is written when the run starts, as its first log line says."""
+    out = tmp_path / "out"
+    args = env["args_for"]("DST", out)
+    run_dir = env["run_dir"]("DST", out)
+    proc = Proc(tmp_path, "main_DST.py", args, pause="step:1:3", tag="killed")
+    assert kill_at(proc, ("step", 1, 3), random.Random(0)) == "in the middle of epoch 1 step 3"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "running" and summary["history"] == [] and summary["flags"]["density"] == 0.2
+    assert "all flags in summary.json" in (run_dir / "train.log").read_text()
+    assert not (run_dir / "last.pth").exists()
 
 
 # ----------------------------------------------------------------------------------------------- NaN / inf

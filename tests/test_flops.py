@@ -36,6 +36,20 @@ def test_training_step_conventions():
     acc.add_step(8, dense_grad=True)
     assert acc.total == pytest.approx(4 * 3 * f_s * 8 + (2 * f_s + f_d) * 8)
     assert dense_training_flops(prof, 100) == 3 * f_d * 100 * 250
+    acc.add_dense_gradient_batch(8)  # EDST's re-exploration gradient: f_dense per sample
+    assert acc.total == pytest.approx(4 * 3 * f_s * 8 + (2 * f_s + f_d) * 8 + f_d * 8)
+
+
+def test_world_size_counts_every_ranks_batch():
+    model = nn.Sequential(nn.Linear(10, 10))
+    prof = profile_model(model, (10,))
+    d = {"0.weight": 0.25}
+    world, one = FlopsAccountant(prof, d, world_size=4), FlopsAccountant(prof, d)
+    for acc, batch in ((world, 8), (one, 32)):
+        acc.add_step(batch)
+        acc.add_step(batch, dense_grad=True)
+        acc.add_dense_gradient_batch(batch)
+    assert world.total == one.total == 3 * prof.sparse(d) * 32 + (2 * prof.sparse(d) + prof.dense) * 32 + prof.dense * 32
 
 
 def test_edst_paper_ratio_from_accounting():

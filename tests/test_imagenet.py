@@ -25,6 +25,7 @@ from torch import nn
 from models import get_model
 from models.imagenet_resnet import imagenet_resnet
 from sparselearning import checkpoint as ckpt
+from sparselearning.cli import normalise_spellings
 from sparselearning.data.imagenet import IMAGENET_MEAN, IMAGENET_STD, imagenet_val_batches
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,12 +66,62 @@ def image_root(tmp_path_factory):
     return write_image_folder(tmp_path_factory.mktemp("imagenet") / "data")
 
 
-def torchrun(*args, timeout=300, **popen):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(MAIN),
+# Observes from outside the production code: after the initial masks and after every topology update each rank
+# appends its mask checksum to FT_CHECKSUMS/rank<r>.jsonl (a Masking update hook, registered first); with
+# FT_DESYNC_AT=n the last rank flips one mask bit at update n, before the run's own cross-rank check sees it.
+BOOT = r"""
+import json, os, runpy, sys
+sys.path.insert(0, {repo!r})
+from sparselearning.core import masking as _masking
+from sparselearning.core.distributed import mask_checksum
+
+_folder, _desync = os.environ["FT_CHECKSUMS"], os.environ.get("FT_DESYNC_AT")
+_rank, _world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+_add_module = _masking.Masking.add_module
+
+
+def _record(masking, event):
+    with open(os.path.join(_folder, f"rank{{_rank}}.jsonl"), "a") as fh:
+        fh.write(json.dumps({{"update": masking.num_updates, "event": event,
+                             "checksum": mask_checksum(masking.masks).tolist()}}) + "\n")
+
+
+def _after_update(masking, event):
+    if _desync is not None and masking.num_updates == int(_desync) and _rank == _world - 1:
+        flat = masking.masks[masking.updatable[0]].view(-1)
+        flat[int((~flat).nonzero()[0])] = True
+    _record(masking, event)
+
+
+def _observed_add_module(self, *args, **kwargs):
+    _add_module(self, *args, **kwargs)
+    _record(self, "initial masks")
+    self.add_update_hook(_after_update)
+
+
+_masking.Masking.add_module = _observed_add_module
+os.makedirs(_folder, exist_ok=True)
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def torchrun(*args, timeout=300, checksums=None, desync_at=None, **popen):
+    """torchrun with 2 CPU processes; with `checksums` (a folder) through BOOT."""
+    script = [str(MAIN)]
+    env = dict(os.environ)
+    if checksums is not None:
+        boot = Path(checksums).parent / "boot.py"
+        boot.write_text(BOOT.format(repo=str(REPO)))
+        script = [str(boot), str(MAIN)]
+        env["FT_CHECKSUMS"] = str(checksums)
+        if desync_at is not None:
+            env["FT_DESYNC_AT"] = str(desync_at)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *script,
            *map(str, args)]
     if popen:
-        return subprocess.Popen(cmd, cwd=REPO, **popen)
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        return subprocess.Popen(cmd, cwd=REPO, env=env, **popen)
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def _state(pid: int) -> str:
@@ -121,34 +172,37 @@ def _paper_lr(e: int) -> float:
     return lr
 
 
-def test_default_schedule_is_the_papers():
-    args = imain.build_parser().parse_args(["/data"])
-    sched = imain.validate(args)
-    assert sched.epochs == 310 and sched.warmup == 5 and sched.num_tickets == 4
-    assert sched.reexplore == (100, 170, 240)
+def test_default_schedule_is_the_papers(capsys):
+    args, sched, _ = imain.parse(["/data"])
+    assert capsys.readouterr().out == ""  # the paper's own length: nothing derived to report
+    assert sched.epochs == 310 and sched.warmup == 5 and sched.num_tickets == 4 and sched.restart_death_rate
+    assert sched.reexplore_epochs == (100, 170, 240)
     for e in range(5, 310):  # 0-based epoch e is 1-based epoch e + 1
-        assert args.lr * sched.lr_factor(e + 1) == pytest.approx(_paper_lr(e), rel=1e-12), e
-    # phases and the epoch after which each re-exploration runs
+        assert sched.lr(e + 1) == pytest.approx(_paper_lr(e), rel=1e-12), e
     assert [sched.phase(e + 1) for e in (0, 99, 100, 169, 170, 239, 240, 309)] == [0, 0, 1, 1, 2, 2, 3, 3]
-    assert [e for e in range(1, 311) if sched.reexplore_after(e)] == [100, 170, 240]
     assert [sched.phase_bounds(k) for k in range(4)] == [(0, 100), (100, 170), (170, 240), (240, 310)]
-    # linear warm-up per iteration over 5 epochs, reaching --lr at the end
-    n = 10
-    fracs = [sched.warmup_fraction(e, i, n) for e in range(1, 6) for i in range(n)]
-    assert fracs[0] == pytest.approx(1 / 50) and fracs[-1] == pytest.approx(1.0)
-    assert all(b > a for a, b in zip(fracs, fracs[1:]))
-    assert sched.warmup_fraction(6, 0, n) == 1.0
     # the paper's ImageNet sparse defaults
     assert (args.density, args.sparse_init, args.update_frequency, args.large_death_rate, args.death_rate,
             args.decay_schedule, args.sparse, args.model) == (0.2, "ERK", 4000, 0.8, 0.5, "cosine", True,
                                                               "imagenet-resnet50")
 
 
+def test_other_lengths_scale_the_papers_schedule_unless_given(capsys):
+    args, sched, _ = imain.parse(["/d", "--epochs", "90"])
+    note = capsys.readouterr().out
+    assert "scaled to --epochs 90" in note and "--reexplore-epochs 29,49,70" in note and "--warmup 1" in note
+    assert sched.reexplore_epochs == (29, 49, 70) and sched.warmup == 1
+    assert [sched.lr(e) for e in (9, 10, 29, 30)] == pytest.approx([0.1, 0.01, 1e-4, 0.01])
+    # given flags win; the others are still derived
+    args, sched, _ = imain.parse(["/d", "--epochs", "90", "--reexplore-epochs", "45", "--warmup", "2"])
+    assert sched.reexplore_epochs == (45,) and sched.warmup == 2 and sched.lr(10) == pytest.approx(0.01)
+
+
 def test_multiplier_stretches_the_schedule():
-    args = imain.build_parser().parse_args(["/d", "--epochs", "10", "--warmup", "1", "--reexplore-epochs", "4,7",
-                                            "--lr-steps", "2:0.1,4:0.5", "--multiplier", "2"])
-    sched = imain.validate(args)
-    assert (sched.epochs, sched.warmup, sched.reexplore, sched.lr_steps) == (20, 2, (8, 14), ((4, 0.1), (8, 0.5)))
+    args, sched, _ = imain.parse(["/d", "--epochs", "10", "--warmup", "1", "--reexplore-epochs", "4,7",
+                                  "--lr-steps", "2:0.1,4:0.5", "--multiplier", "2"])
+    assert (sched.epochs, sched.warmup, sched.reexplore_epochs) == (20, 2, (8, 14))
+    assert [sched.lr(e) for e in (4, 5, 8, 9)] == pytest.approx([0.1, 0.01, 0.01, 0.05])
 
 
 def test_paper_launch_line_flags_parse():
@@ -156,18 +210,20 @@ def test_paper_launch_line_flags_parse():
     line = ("--sparse_init ERK --multiplier 1 --growth gradient --seed 17 --master_port 4545 -j5 -p 500 "
             "--arch resnet50 -c fanin --update_frequency 4000 --label-smoothing 0.1 -b 64 --lr 0.1 --warmup 5 "
             "--epochs 310 --density 0.2 ../data/").split()
-    parser = imain.build_parser()
-    args = parser.parse_args(imain.normalise_spellings(parser, line))
+    parser = imain.imagenet_flags()
+    args = parser.parse_args(normalise_spellings(parser, line))
     assert (args.sparse_init, args.growth, args.seed, args.master_port, args.workers, args.print_freq) == \
         ("ERK", "gradient", 17, 4545, 5, 500)
     assert (args.arch, args.model_config, args.update_frequency, args.label_smoothing, args.batch_size) == \
         ("resnet50", "fanin", 4000, 0.1, 64)
     assert (args.lr, args.warmup, args.epochs, args.density, args.data) == (0.1, 5, 310, 0.2, "../data/")
-    more = parser.parse_args(imain.normalise_spellings(parser, [
+    more = parser.parse_args(normalise_spellings(parser, [
         "--death_rate=0.3", "--large_death_rate", "0.7", "--local-rank=1", "--prune-rate", "0.4", "--wd", "5e-5",
         "--fp16", "x"]))
     assert (more.death_rate, more.large_death_rate, more.local_rank, more.weight_decay, more.amp) == \
         (0.4, 0.7, 1, 5e-5, True)
+    resumed = parser.parse_args(normalise_spellings(parser, ["--resume", "../data/"]))
+    assert resumed.resume is True and resumed.data == "../data/"
 
 
 def test_multiproc_forwards_to_torchrun():
@@ -257,9 +313,10 @@ def test_bad_input_is_one_line_and_writes_nothing(image_root, tmp_path):
     from sparselearning.errors import UsageError
 
     out = tmp_path / "results"
-    # the paper's re-exploration epochs do not fit 4 epochs: one stderr line, exit 2
+    # re-exploration epochs that do not fit 4 epochs: one stderr line, exit 2
     r = subprocess.run([sys.executable, str(MAIN), "-a", "resnet18", "--output-dir", str(out), "--epochs", "4",
-                        str(image_root)], cwd=REPO, capture_output=True, text=True, timeout=120)
+                        "--reexplore-epochs", "2,5", str(image_root)], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert "--reexplore-epochs" in r.stderr
     base = ["-a", "resnet18", "--image-size", "32", "--output-dir", str(out), "--epochs", "4", "--reexplore-epochs",
@@ -276,6 +333,30 @@ def test_bad_input_is_one_line_and_writes_nothing(image_root, tmp_path):
     assert not out.exists()
 
 
+def test_multiproc_checks_flags_and_data_once_before_torchrun(tmp_path):
+    """Bad input through the paper's launcher: one line and exit 2 from multiproc.py itself, no worker started."""
+    for extra, needle in ((["--density", "0", str(tmp_path)], "--density must be in (0, 1]"),
+                          ([str(tmp_path / "nowhere")], "train/ and val/"),
+                          (["--epochs", "4", "--reexplore-epochs", "2,5", str(tmp_path)], "--reexplore-epochs")):
+        r = subprocess.run([sys.executable, "multiproc.py", "--nproc_per_node", "2", "main.py", *extra],
+                           cwd=REPO / "ImageNet", capture_output=True, text=True, timeout=120)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and needle in lines[0], r.stderr[-2000:]
+        assert lines[0].startswith("ImageNet/main.py: error: ") and "Traceback" not in r.stderr
+
+
+def test_bad_input_is_printed_by_local_rank_0_only(monkeypatch, capsys):
+    from sparselearning.errors import run_cli
+
+    for local_rank, printed in (("0", True), ("1", False)):
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+        for argv in (["--density", "0", "/d"], ["--arch", "resnet9", "/d"]):  # our check; argparse's
+            with pytest.raises(SystemExit) as exc:
+                run_cli(imain.main, argv, prog=imain.PROG)
+            err = capsys.readouterr().err
+            assert exc.value.code == 2 and (err.count("\n") == 1 if printed else err == ""), err
+
+
 # ------------------------------------------------------------------------------------------ two ranks
 COMMON = ["-a", "resnet18", "--image-size", "32", "-b", "4", "-j", "1", "--epochs", "3", "--warmup", "1",
           "--reexplore-epochs", "2", "--lr-steps", "1:0.5", "--lr", "0.02", "--update-frequency", "3", "-p", "2",
@@ -287,7 +368,7 @@ RUN_DIR = "imagenet-resnet18/imagenet/density_0.2/EDST/M=2/seed=17"
 def test_two_ranks_masks_in_sync_tickets_once_and_resume(image_root, tmp_path):
     # 1. an uninterrupted reference run
     ref = tmp_path / "ref"
-    r = torchrun(*COMMON, "--output-dir", ref, "--debug-mask-checksums", tmp_path / "ck_ref", image_root)
+    r = torchrun(*COMMON, "--output-dir", ref, image_root, checksums=tmp_path / "ck_ref")
     assert r.returncode == 0, r.stderr[-3000:]
     ref_dir = ref / RUN_DIR
     # masks identical on both ranks at init, after every periodic update and after the re-exploration
@@ -356,8 +437,7 @@ def test_two_ranks_masks_in_sync_tickets_once_and_resume(image_root, tmp_path):
     while time.time() < deadline and any(Path(f"/proc/{pid}").exists() and _state(pid) != "Z" for pid in victims):
         time.sleep(0.05)  # until they are gone (rank 0 held the run folder's lock)
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "running"
-    r = torchrun(*COMMON, "--output-dir", out, "--debug-mask-checksums", tmp_path / "ck_resumed", "--resume",
-                 image_root)
+    r = torchrun(*COMMON, "--output-dir", out, "--resume", image_root, checksums=tmp_path / "ck_resumed")
     assert r.returncode == 0, "\n".join(line for line in r.stderr.splitlines() if "rror" in line)
     assert "resumed" in r.stdout
     resumed = json.loads((run_dir / "summary.json").read_text())
@@ -403,10 +483,9 @@ def test_paper_launch_line_through_multiproc(image_root, tmp_path):
 @pytest.mark.slow
 def test_forced_mask_mismatch_stops_the_run(image_root, tmp_path):
     out = tmp_path / "out"
-    r = torchrun(*COMMON, "--output-dir", out, "--debug-mask-checksums", tmp_path / "ck",
-                 "--debug-desync-at-update", "1", image_root)
+    r = torchrun(*COMMON, "--output-dir", out, image_root, checksums=tmp_path / "ck", desync_at=1)
     assert r.returncode != 0
-    assert "masks differ between ranks" in r.stderr
+    assert "masks differ between ranks" in r.stderr and "detected at topology update 1" in r.stderr
     ck = checksums(tmp_path / "ck")
     assert ck[0][0] == ck[1][0]  # the initial masks agreed
     assert ck[0][1][0] == ck[1][1][0] == 1 and ck[0][1][1] != ck[1][1][1]  # update 1 differed: detected there

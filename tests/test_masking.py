@@ -1,5 +1,6 @@
 import copy
 import itertools
+import math
 
 import pytest
 import torch
@@ -158,13 +159,43 @@ def test_update_frequency_counts_optimizer_steps():
 def test_cosine_schedule_really_applies():
     model, optimizer, mask = make(freq=5, schedule="cosine", total=20)
     removed = []
-    for i in range(20):
-        x, y = batch(i)
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        if mask.step():
-            removed.append(mask.last_update["rate"])
+    real = mask.truncate_weights
+    mask.truncate_weights = lambda rate, grads=None: removed.append(rate) or real(rate, grads)
+    train(model, optimizer, mask, 20)
     assert removed == sorted(removed, reverse=True) and removed[0] < 0.5 and removed[-1] < 0.1
+    # RigL's cosine at steps 5, 10, 15, 20 of 20
+    assert removed == pytest.approx([0.005 + 0.495 * 0.5 * (1 + math.cos(math.pi * s / 20)) for s in (5, 10, 15, 20)])
+
+
+def test_death_rate_schedule_restarts_in_every_phase():
+    """Phases of 8 and 12 steps: the cosine starts over after step 8 (the ImageNet code's per-phase decay)."""
+    model, optimizer, mask = make(freq=4, schedule="cosine", total=20)
+    mask.death_rate_restarts = (8,)
+    rates = []
+    real = mask.truncate_weights
+    mask.truncate_weights = lambda rate, grads=None: rates.append(rate) or real(rate, grads)
+    train(model, optimizer, mask, 20)
+
+    def cosine(step, length):
+        return 0.005 + 0.495 * 0.5 * (1 + math.cos(math.pi * step / length))
+
+    assert rates == pytest.approx([cosine(4, 8), cosine(8, 8), cosine(4, 12), cosine(8, 12), cosine(12, 12)])
+
+
+def test_update_hooks_see_every_update_and_reexploration():
+    model, optimizer, mask = make(freq=3)
+    events = []
+    mask.add_update_hook(lambda m, event: events.append((event.split()[0], m.num_updates)))
+    train(model, optimizer, mask, 7)
+    before = {n: m.clone() for n, m in mask.masks.items()}
+    x, y = batch(99)
+    optimizer.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()  # the dense gradient it grows on
+    removed = mask.reexplore(0.8)
+    assert events == [("topology", 1), ("topology", 2), ("re-exploration", 3)]
+    n = "conv.weight"
+    assert removed[n] == math.ceil(0.8 * int(before[n].sum()))  # q of the layer's weights replaced
+    assert int((before[n] & ~mask.masks[n]).sum()) > 0 and mask.num_active() == sum(int(m.sum()) for m in before.values())
 
 
 def test_exact_density_at_init():
@@ -249,6 +280,17 @@ def test_state_dict_round_trip_continues_bit_identically(growth_mode, redistribu
     for n in masks_ref:
         assert torch.equal(mask2.masks[n], masks_ref[n])
     assert mask2.exploration_rate() == mask.exploration_rate()
+
+
+def test_state_dict_of_an_earlier_version_loads():
+    """States saved before this version also hold per-layer "densities" and the masking "config": both ignored."""
+    model, optimizer, mask = make(freq=3)
+    train(model, optimizer, mask, 4)
+    old = {**mask.state_dict(), "densities": {n: 0.3 for n in mask.masks}, "config": {"death_rate": 0.5}}
+    assert "config" not in mask.state_dict() and "densities" not in mask.state_dict()
+    _, _, mask2 = make(freq=3, seed=5)
+    mask2.load_state_dict(old)
+    assert all(torch.equal(mask2.masks[n], mask.masks[n]) for n in mask.masks) and mask2.steps == 4
 
 
 def test_load_state_dict_rejects_other_model():

@@ -2,7 +2,8 @@ import math
 
 import pytest
 
-from sparselearning.core.schedules import EDSTSchedule, death_rate, step_lr
+from sparselearning.core.schedules import (Schedule, death_rate, edst_schedule, factor_schedule, paper_imagenet_plan,
+                                           step_lr, step_schedule)
 
 
 def test_step_lr_250():
@@ -12,36 +13,100 @@ def test_step_lr_250():
     assert lrs[188] == pytest.approx(0.001) and lrs[250] == pytest.approx(0.001)
 
 
+def test_step_schedule_is_step_lr_exactly():
+    for epochs in (1, 2, 3, 7, 250):
+        s = step_schedule(epochs, 0.1)
+        assert [s.lr(e) for e in range(1, epochs + 1)] == [step_lr(e, epochs, 0.1) for e in range(1, epochs + 1)]
+        assert s.num_tickets == 1 and s.reexplore_epochs == () and s.phase(1) == 0
+    assert {step_schedule(250, 0.1, constant=True).lr(e) for e in range(1, 251)} == {0.1}
+
+
 def test_edst_worked_example():
     """§3.2 of the reference: E=450, E_explo=150, M=3."""
-    s = EDSTSchedule(450, 150, 3)
-    assert s.phase_length == 100
-    assert s.lr_drop_epochs == (200, 300, 400)
+    s = edst_schedule(450, 150, 3, 0.1)
+    assert dict(s.info)["phase_length"] == 100
+    assert dict(s.info)["lr_drop_after"] == [200, 300, 400]
     assert s.reexplore_epochs == (250, 350)
     table = {1: (0.1, -1), 150: (0.1, -1), 151: (0.01, 0), 200: (0.01, 0), 201: (0.001, 0), 250: (0.001, 0),
              251: (0.01, 1), 300: (0.01, 1), 301: (0.001, 1), 350: (0.001, 1), 351: (0.01, 2), 400: (0.01, 2),
              401: (0.001, 2), 450: (0.001, 2)}
     for epoch, (lr, phase) in table.items():
-        assert s.lr(epoch, 0.1) == pytest.approx(lr), epoch
+        assert s.lr(epoch) == pytest.approx(lr), epoch
         assert s.phase(epoch) == phase, epoch
     assert [e for e in range(1, 451) if s.reexplore_after(e)] == [250, 350]
-    assert [e for e in range(1, 451) if s.phase_starts(e)] == [151, 251, 351]
+    assert [e for e in range(1, 451) if s.phase_starts_at(e)] == [151, 251, 351]
+    assert s.describe()["phases"] == [[150, 250], [250, 350], [350, 450]]
 
 
 def test_edst_fractional_phases_match_paper_rounding():
-    s = EDSTSchedule(320, 150, 3)
+    s = edst_schedule(320, 150, 3, 0.1)
     assert s.reexplore_epochs == (207, 264)
-    assert s.lr_drop_epochs == (179, 235, 292)
-    T = s.phase_length
+    assert dict(s.info)["lr_drop_after"] == [179, 235, 292]
+    T = (320 - 150) / 3
     for e in range(151, 321):  # the paper's ticket index floor((e - E_ex - 1) / T)
         assert s.phase(e) == math.floor((e - 151) / T)
 
 
-def test_edst_rejects_bad_plans():
+def test_edst_drop_on_a_phase_start_keeps_the_later_rule():
+    """T = 1.2: phase 1 (epoch 4) starts after epoch 3, where its LR drop (ceil(1 + 1.2 + 0.6) = 3) also lands,
+    so it trains at the low LR; the drops of phases 3 and 4 (6, 7) come at or after their ends: never."""
+    s = edst_schedule(7, 1, 5, 0.1)
+    assert s.reexplore_epochs == (3, 4, 5, 6)
+    assert [s.lr(e) for e in range(1, 8)] == [0.1, 0.01, 0.001, 0.001, 0.001, 0.01, 0.01]
+
+
+def test_bad_plans_are_refused():
     with pytest.raises(ValueError):
-        EDSTSchedule(100, 100, 3)
+        edst_schedule(100, 100, 3, 0.1)
     with pytest.raises(ValueError):
-        EDSTSchedule(100, 10, 0)
+        edst_schedule(100, 10, 0, 0.1)
+    with pytest.raises(ValueError, match="warm-up"):
+        Schedule(5, ((0, 0.1),), warmup=5)
+    with pytest.raises(ValueError, match="phase_starts"):
+        Schedule(5, ((0, 0.1),), (0, 5))
+
+
+def _paper_lr(e: int) -> float:
+    """Section 6.4, literally: the LR set at the start of 0-based epoch e (warm-up aside)."""
+    lr = 0.1
+    for epoch in range(e + 1):
+        if epoch in (30, 100, 170, 240):
+            lr = 0.01
+        elif epoch in (60, 130, 200, 270):
+            lr = 0.001
+        elif epoch in (90, 160, 230, 300):
+            lr = 0.0001
+        elif epoch == 5:
+            lr = 0.1
+    return lr
+
+
+def test_imagenet_paper_schedule_at_310_epochs():
+    reexplore, steps, warmup = paper_imagenet_plan(310)
+    assert (reexplore, warmup) == ((100, 170, 240), 5)
+    s = factor_schedule(310, 0.1, reexplore, steps, warmup)
+    for e in range(5, 310):  # 0-based epoch e is 1-based epoch e + 1
+        assert s.lr(e + 1) == pytest.approx(_paper_lr(e), rel=1e-12), e
+    assert [s.phase(e + 1) for e in (0, 99, 100, 169, 170, 239, 240, 309)] == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert [s.phase_bounds(k) for k in range(4)] == [(0, 100), (100, 170), (170, 240), (240, 310)]
+    assert s.death_rate_restarts(10) == (1000, 1700, 2400)
+    n = 10  # linear warm-up per iteration over 5 epochs, reaching --lr at the end
+    fracs = [s.warmup_fraction(e, i, n) for e in range(1, 6) for i in range(n)]
+    assert fracs[0] == pytest.approx(1 / 50) and fracs[-1] == pytest.approx(1.0)
+    assert all(b > a for a, b in zip(fracs, fracs[1:])) and s.warmup_fraction(6, 0, n) == 1.0
+
+
+def test_imagenet_paper_schedule_scaled_to_other_lengths():
+    # 90 epochs: every epoch x 90/310, rounded half up
+    reexplore, steps, warmup = paper_imagenet_plan(90)
+    assert reexplore == (29, 49, 70) and warmup == 1
+    assert [e for e, _ in steps] == [9, 17, 26, 29, 38, 46, 49, 58, 67, 70, 78, 87]
+    # short runs: coinciding re-explorations merge, none at the end, the warm-up shorter than the run
+    assert paper_imagenet_plan(4) == ((1, 2, 3), paper_imagenet_plan(4)[1], 0)
+    assert paper_imagenet_plan(2)[0] == (1,) and paper_imagenet_plan(1)[0] == () and paper_imagenet_plan(1)[2] == 0
+    for epochs in range(1, 400):
+        r, st, w = paper_imagenet_plan(epochs)
+        factor_schedule(epochs, 0.1, r, st, w)  # always a valid schedule
 
 
 def test_death_rate_schedules():

@@ -7,8 +7,10 @@ import torch
 
 from conftest import run_script, write_cifar10
 from sparselearning import checkpoint as ckpt
-from sparselearning.core.schedules import EDSTSchedule
-from sparselearning.train import main
+from sparselearning.core.schedules import edst_schedule
+from sparselearning.cli import build_parser, parser_defaults, validate
+from sparselearning.recipes import cifar_plan
+from sparselearning.train import Run, main
 
 
 def common(data_dir, out, *extra):
@@ -48,11 +50,12 @@ def test_edst_schedule_tickets_and_summary(fmnist_dir, tmp_path):
     run_dir = out / "cnn-small/fashionmnist/density_0.2/EDST/M=3/seed=1"
     assert s["run_dir"] == str(run_dir)
     summary = load_summary(run_dir)
-    plan = EDSTSchedule(7, 1, 3)
+    plan = edst_schedule(7, 1, 3, 0.1)
     assert summary["status"] == "finished"
     assert summary["schedule"]["reexplore_after"] == list(plan.reexplore_epochs) == [3, 5]
+    assert summary["schedule"]["lr_drop_after"] == [2, 4, 6] and summary["schedule"]["phases"] == [[1, 3], [3, 5], [5, 7]]
     lrs = [row["lr"] for row in summary["history"]]
-    assert lrs == pytest.approx([plan.lr(e, 0.1) for e in range(1, 8)])
+    assert lrs == pytest.approx([plan.lr(e) for e in range(1, 8)])
     assert lrs == pytest.approx([0.1, 0.01, 0.001, 0.01, 0.001, 0.01, 0.001])
     assert [row["phase"] for row in summary["history"]] == [-1, 0, 0, 1, 1, 2, 2]
     # ticket k = best validation epoch within phase k
@@ -78,7 +81,7 @@ def test_edst_schedule_tickets_and_summary(fmnist_dir, tmp_path):
     assert (run_dir / "train.log").read_text().count("epoch ") >= 7
 
 
-def test_dense_pf_and_static_pipeline(fmnist_dir, tmp_path):
+def test_dense_pf_and_static_pipeline(fmnist_dir, tmp_path, capsys):
     out = tmp_path / "results"
     main("individual", ["--epochs", "2", *common(fmnist_dir, out)])
     dense_dir = out / "cnn-small/fashionmnist/individual/dense/seed=1"
@@ -88,9 +91,15 @@ def test_dense_pf_and_static_pipeline(fmnist_dir, tmp_path):
     assert [r["lr"] for r in summary["history"]] == pytest.approx([0.1, 0.001])  # E=2: both milestones at epoch 1
     assert summary["training_flops_relative_to_dense_250_epochs"] == pytest.approx(2 / 250, rel=1e-6)
 
-    main("PF", ["--sparse", "--resume", "--pretrain", str(dense_dir / "model.pth"), "--lr", "0.001", "--fix",
-                "--nolrsche", "--PF-rate", "0.8", "--epochs", "2", *common(fmnist_dir, out)])
+    # the paper's PF command (README), as printed but for the model, the data and the length
+    main("PF", ["--sparse", "--model", "wrn-28-10", "--resume", "--pretrain", str(dense_dir / "model.pth"), "--lr",
+                "0.001", "--fix", "--data", "cifar10", "--nolrsche", "--decay-schedule", "constant", "--seed", "18",
+                "--epochs-fs", "150", "--model-num", "3", "--sparse-init", "pruning", "--update-frequency", "1000",
+                "--batch-size", "128", "--death-rate", "0.5", "--large-death-rate", "0.8", "--growth", "gradient",
+                "--death", "magnitude", "--redistribution", "none", "--epochs", "2", "--density", "0.2",
+                *common(fmnist_dir, out)])
     pf_dir = out / "cnn-small/fashionmnist/density_0.2/PF/seed=1"
+    assert f"note: {pf_dir} holds no last.pth yet: starting from the pretrained model" in capsys.readouterr().out
     pf = check_ticket(pf_dir / "model.pth", 0.2)
     # global magnitude pruning of the dense ticket: the kept weights were the largest at the start
     assert pf["kind"] == "PF" and [r["lr"] for r in load_summary(pf_dir)["history"]] == [0.001, 0.001]
@@ -101,6 +110,37 @@ def test_dense_pf_and_static_pipeline(fmnist_dir, tmp_path):
     assert static["kind"] == "static"
     s = load_summary(static_dir)  # no topology updates: exactly 3 x sparse forward per sample
     assert s["training_flops"] == pytest.approx(3 * s["sparse_forward_flops_per_sample"] * 270 * 2, rel=1e-9)
+
+
+def _pf_rate(*flags):
+    args = build_parser("PF").parse_args(["--model", "cnn-small", "--pretrained", "x.pth", *flags])
+    validate("PF", args)
+    assert "_given_flags" not in vars(args)  # no trace in the flags (nor in the resume fingerprint)
+    return args.PF_rate
+
+
+def test_pf_rate_rule():
+    """An explicit --PF-rate wins; else 1 - --density when --density is given; else 0.8."""
+    assert _pf_rate() == 0.8
+    assert _pf_rate("--density", "0.1") == pytest.approx(0.9)
+    assert _pf_rate("--density", "0.1", "--PF-rate", "0.7") == _pf_rate("--PF-rate", "0.7", "--density", "0.1") == 0.7
+    args = build_parser("PF").parse_args(["--model", "cnn-small", "--pretrained", "x.pth", "--density", "0.1"])
+    validate("PF", args)
+    assert cifar_plan("PF", args, {}).run_dir.parts[-3] == "density_0.1"
+
+
+def test_resume_fingerprint_ignores_flags_newer_than_the_checkpoint(tmp_path):
+    parser = build_parser("DST")
+    args = parser.parse_args(["--model", "cnn-small", "--sparse", "--output-dir", str(tmp_path)])
+    validate("DST", args)
+    run = Run(args, cifar_plan("DST", args, parser_defaults(parser)))
+    saved = run.fingerprint()
+    assert run.fingerprint_differences(saved) == []
+    older = {k: v for k, v in saved.items() if k != "erk_power_scale"}  # written before the flag existed
+    assert run.fingerprint_differences({**older, "a_flag_since_removed": 1}) == []
+    run.flags["erk_power_scale"] = 2.0  # ... but a value off the default is a difference
+    assert run.fingerprint_differences(older) == ["erk_power_scale"]
+    assert run.fingerprint_differences({**saved, "lr": 0.05}) == ["erk_power_scale", "lr"]
 
 
 def test_dst_topology_changes_and_keeps_density(fmnist_dir, tmp_path):

@@ -6,6 +6,9 @@
 - A training step costs 3 x forward (forward + backward of about twice the forward).
 - A step that needs the dense gradient (gradient growth at a topology update) costs
   2 x f_sparse + f_dense instead.
+- EDST's re-exploration grows on the dense gradient of one extra batch, charged f_dense per
+  sample (the extra that RigL's convention assigns to a dense gradient).
+- Under data parallelism every rank trains on its own batch: a step counts world_size batches.
 - Training cost is reported relative to one dense model trained for 250 epochs (the paper's
   yardstick).
 
@@ -19,6 +22,8 @@ from typing import Mapping
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from .masking import sparse_layer_names
 
 DENSE_REFERENCE_EPOCHS = 250
 
@@ -43,11 +48,10 @@ def profile_model(model: nn.Module, input_shape: tuple[int, ...], sparse_names: 
     """Measure dense forward FLOPs of one sample of `input_shape` (C, H, W), split per weight name.
 
     sparse_names: weight names (e.g. 'block1.layer.0.conv1.weight') whose module FLOPs are
-    attributed to that layer; default every Conv2d/Linear weight.
+    attributed to that layer; default every Conv2d/Linear weight (masking.sparse_layer_names).
     """
-    modules = dict(model.named_modules())
     if sparse_names is None:
-        sparse_names = [f"{n}.weight" for n, m in modules.items() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        sparse_names = sparse_layer_names(model)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -79,21 +83,26 @@ def dense_training_flops(profile: FlopsProfile, num_train: int, epochs: int = DE
 
 
 class FlopsAccountant:
-    """Accumulates training FLOPs as a run trains (state is plain numbers, saved for resume)."""
+    """Accumulates training FLOPs as a run trains (state is plain numbers, saved for resume).
 
-    def __init__(self, profile: FlopsProfile, densities: Mapping[str, float] | None = None):
+    world_size: processes training in data parallel, each on its own batch of `batch_size`.
+    """
+
+    def __init__(self, profile: FlopsProfile, densities: Mapping[str, float] | None = None, world_size: int = 1):
         self.profile = profile
         self.densities = dict(densities or {})
+        self.world_size = world_size
         self.total = 0.0
 
     def set_densities(self, densities: Mapping[str, float]) -> None:
         self.densities = dict(densities)
 
     def add_step(self, batch_size: int, dense_grad: bool = False) -> None:
-        self.total += step_flops(self.profile, self.densities, batch_size, dense_grad)
+        self.total += step_flops(self.profile, self.densities, batch_size * self.world_size, dense_grad)
 
-    def add_forward(self, batch_size: int) -> None:
-        self.total += self.profile.sparse(self.densities) * batch_size
+    def add_dense_gradient_batch(self, batch_size: int) -> None:
+        """The re-exploration's dense gradient of one batch on every rank: f_dense per sample."""
+        self.total += self.profile.dense * batch_size * self.world_size
 
     def state_dict(self) -> dict:
         return {"total": self.total, "densities": dict(self.densities)}
@@ -133,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UsageError(f"--density must be in (0, 1], got {args.density}")
     spec = get_spec(args.data)
     model = get_model(args.model, num_classes=spec.num_classes, in_channels=spec.in_channels, image_size=spec.image_size)
-    names = [f"{n}.weight" for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    names = sparse_layer_names(model)
     params = dict(model.named_parameters())
     shapes = {n: tuple(params[n].shape) for n in names}
     densities = allocate_densities(args.sparse_init, shapes, args.density, args.erk_power_scale)

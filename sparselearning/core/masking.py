@@ -13,11 +13,13 @@ Semantics, chosen on purpose (see the README's "Decisions"):
   redistribution moves budget between layers. Grown weights start at zero with zero optimizer
   state, and so do pruned-then-regrown ones.
 - Layers allocated fully dense (ERK promotes some) are never pruned or regrown.
+- Every topology update (periodic or re-exploration) ends with the hooks of ``add_update_hook``,
+  e.g. the distributed run's cross-rank mask check.
 """
 from __future__ import annotations
 
 import fnmatch
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -47,6 +49,13 @@ def zero_outside(tensors: Sequence[torch.Tensor], masks: Sequence[torch.Tensor])
         torch._foreach_mul_(list(tensors), [m.view(torch.uint8) for m in masks])
 
 
+def sparse_layer_names(model: nn.Module,
+                       layer_types: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)) -> list[str]:
+    """Weight names of the layers sparsified by default (and counted per layer by the FLOPs profile)."""
+    return [f"{name}.weight" if name else "weight" for name, mod in model.named_modules()
+            if isinstance(mod, layer_types) and getattr(mod, "weight", None) is not None]
+
+
 class InvariantError(RuntimeError):
     """A sparse-training invariant was violated (names the layer)."""
 
@@ -62,6 +71,7 @@ class Masking:
                  redistribution_mode: str = "none", death_rate_schedule: str = "constant",
                  total_steps: int = 0, final_death_rate: float = 0.005,
                  update_frequency: int | None = 1000, threshold: float = 1e-3,
+                 death_rate_restarts: Sequence[int] = (),
                  momentum_beta: float = 0.9, seed: int = 0, check_invariants: bool = True,
                  layer_types: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear),
                  include: Sequence[str] | None = None, exclude: Sequence[str] = ()):
@@ -81,6 +91,7 @@ class Masking:
         self.death_rate_schedule = death_rate_schedule
         self.total_steps = total_steps
         self.final_death_rate = final_death_rate
+        self.death_rate_restarts = tuple(sorted(death_rate_restarts))
         self.update_frequency = update_frequency
         self.threshold = threshold
         self.momentum_beta = momentum_beta
@@ -93,19 +104,16 @@ class Masking:
         self.params: dict[str, nn.Parameter] = {}
         self.masks: dict[str, torch.Tensor] = {}
         self.explored: dict[str, torch.Tensor] = {}
-        self.densities: dict[str, float] = {}
         self.budgets: dict[str, int] = {}
         self.grad_momentum: dict[str, torch.Tensor] = {}
         self.steps = 0
         self.num_updates = 0
-        self.last_update: dict[str, float] = {}
+        self.update_hooks: list[Callable[["Masking", str], None]] = []
 
     # ------------------------------------------------------------------ setup
     def select_parameters(self, model: nn.Module) -> dict[str, nn.Parameter]:
         """The weights to sparsify: Conv/Linear weights by default, then include/exclude patterns."""
-        chosen = {f"{mod_name}.weight" if mod_name else "weight": mod.weight
-                  for mod_name, mod in model.named_modules()
-                  if isinstance(mod, self.layer_types) and getattr(mod, "weight", None) is not None}
+        chosen = {n: model.get_parameter(n) for n in sparse_layer_names(model, self.layer_types)}
         if self.include is not None:
             all_params = dict(model.named_parameters())
             for pattern in self.include:
@@ -153,7 +161,6 @@ class Masking:
             self.masks = {n: density_lib.random_mask(shapes[n], density_lib.count_for_density(p.numel(), alloc[n]),
                                                      self.generator, p.device)
                           for n, p in self.params.items()}
-        self.densities = {n: float(m.float().mean()) for n, m in self.masks.items()}
         self.budgets = {n: int(torch.count_nonzero(m)) for n, m in self.masks.items()}
         self.explored = {n: m.clone() for n, m in self.masks.items()}
         if self._needs_momentum:
@@ -187,8 +194,15 @@ class Masking:
         return bool(self.update_frequency) and step % self.update_frequency == 0
 
     def current_death_rate(self) -> float:
-        return scheduled_death_rate(self.death_rate_schedule, self.base_death_rate, self.steps,
-                                    self.total_steps, self.final_death_rate)
+        """The scheduled rate at this step; with death_rate_restarts, the schedule starts over after each."""
+        start = max((r for r in self.death_rate_restarts if r < self.steps), default=0)
+        end = min((r for r in self.death_rate_restarts if r >= self.steps), default=self.total_steps)
+        return scheduled_death_rate(self.death_rate_schedule, self.base_death_rate, self.steps - start, end - start,
+                                    self.final_death_rate)
+
+    def add_update_hook(self, hook: Callable[["Masking", str], None]) -> None:
+        """Call ``hook(masking, event)`` after every topology update (periodic and re-exploration)."""
+        self.update_hooks.append(hook)
 
     @torch.no_grad()
     def step(self, optimizer_step=None) -> bool:
@@ -218,18 +232,38 @@ class Masking:
         return update_now
 
     # ------------------------------------------------------------------ topology update
-    @torch.no_grad()
     def truncate_weights(self, rate: float, grads: Mapping[str, torch.Tensor] | None = None) -> dict[str, int]:
         """One prune-and-regrow cycle with death rate `rate`. Returns the per-layer removed counts.
 
         Gradient growth reads `grads` (default: each weight's .grad, which must be the dense
         gradient of a recent batch).
         """
+        removed = self._prune_and_regrow(rate, grads)
+        self._after_update(f"topology update {self.num_updates} (step {self.steps}, rate {rate:.4g})")
+        return removed
+
+    def reexplore(self, rate: float, grads: Mapping[str, torch.Tensor] | None = None) -> dict[str, int]:
+        """EDST's re-exploration between phases: one large prune-and-regrow with rate `rate` (q).
+
+        Gradient growth reads `grads` or each weight's .grad: the dense gradient of one batch
+        (FlopsAccountant.add_dense_gradient_batch charges it).
+        """
+        removed = self._prune_and_regrow(rate, grads)
+        self._after_update(f"re-exploration {self.num_updates} (step {self.steps}, rate {rate:.4g})")
+        return removed
+
+    def _after_update(self, event: str) -> None:
+        if self.check_invariants_after_update:
+            self.check_invariants()
+        for hook in self.update_hooks:
+            hook(self, event)
+
+    @torch.no_grad()
+    def _prune_and_regrow(self, rate: float, grads: Mapping[str, torch.Tensor] | None) -> dict[str, int]:
         names = self.updatable
         if not names or rate <= 0:
             self.apply_mask()  # nothing moves, but an update step's dense optimizer step must still be undone
             self.num_updates += 1
-            self.last_update = {"rate": float(rate), "removed": 0}
             return {}
         weights = {n: self.params[n].detach() for n in names}
         old = {n: self.masks[n] for n in names}
@@ -273,9 +307,6 @@ class Masking:
         momentum_names = [n for n in names if n in self.grad_momentum]
         zero_outside([self.grad_momentum[n] for n in momentum_names], [new[n] for n in momentum_names])
         self.num_updates += 1
-        self.last_update = {"rate": float(rate), "removed": int(sum(removed.values()))}
-        if self.check_invariants_after_update:
-            self.check_invariants()
         return removed
 
     # ------------------------------------------------------------------ checks and statistics
@@ -315,27 +346,23 @@ class Masking:
         """In-time over-parameterisation: the fraction of sparse-layer weights ever active."""
         return sum(int(torch.count_nonzero(e)) for e in self.explored.values()) / max(self.num_total(), 1)
 
-    def layer_exploration_rates(self) -> dict[str, float]:
-        return {n: int(torch.count_nonzero(e)) / e.numel() for n, e in self.explored.items()}
-
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict:
         return {
             "masks": {n: m.cpu() for n, m in self.masks.items()},
             "explored": {n: e.cpu() for n, e in self.explored.items()},
-            "densities": dict(self.densities),
             "budgets": dict(self.budgets),
             "grad_momentum": {n: t.cpu() for n, t in self.grad_momentum.items()},
             "steps": self.steps,
             "num_updates": self.num_updates,
             "generator_state": self.generator.get_state(),
-            "config": {"death_rate": self.base_death_rate, "death_mode": self.death_mode,
-                       "growth_mode": self.growth_mode, "redistribution_mode": self.redistribution_mode,
-                       "death_rate_schedule": self.death_rate_schedule, "update_frequency": self.update_frequency},
         }
 
     def load_state_dict(self, state: Mapping) -> None:
-        """Restore everything needed to continue exactly (call after add_module on the same model)."""
+        """Restore everything needed to continue exactly (call after add_module on the same model).
+
+        States written before this version also hold "densities" and "config": both are ignored.
+        """
         if set(state["masks"]) != set(self.params):
             raise ValueError("saved masks are for different layers than this model's sparse layers")
         for n, p in self.params.items():
@@ -344,7 +371,6 @@ class Masking:
                                  f"the model's is {tuple(p.shape)}")
         self.masks = {n: state["masks"][n].to(p.device, torch.bool) for n, p in self.params.items()}
         self.explored = {n: state["explored"][n].to(p.device, torch.bool) for n, p in self.params.items()}
-        self.densities = dict(state["densities"])
         self.budgets = {n: int(v) for n, v in state["budgets"].items()}
         self.grad_momentum = {n: t.to(self.params[n].device) for n, t in state.get("grad_momentum", {}).items()}
         if self._needs_momentum and not self.grad_momentum:

@@ -1,7 +1,7 @@
-"""Schedules as pure functions: the death rate over training steps and the learning rate per epoch.
+"""Schedules: the death rate over training steps, and one run's plan of epochs (LR, warm-up, phases).
 
 Epochs are 1-based, as in the paper's scripts: the rate returned for epoch e is the one used
-while training epoch e.
+while training epoch e; "after epoch E" means once E epochs are complete.
 """
 from __future__ import annotations
 
@@ -35,60 +35,147 @@ def step_lr(epoch: int, epochs: int, base_lr: float, gamma: float = 0.1) -> floa
 
 
 @dataclass(frozen=True)
-class EDSTSchedule:
-    """EDST: exploration for `epochs_explo` epochs, then `model_num` refinement phases.
+class Schedule:
+    """One run's plan, epoch by epoch: the LR, the warm-up, and the ticket phases.
 
-    Each refinement phase lasts T = (epochs - epochs_explo) / model_num epochs (possibly
-    fractional; boundaries are rounded up, as in the paper's code). Within a phase the LR is
-    `refine_lr` for the first half and `refine_lr_low` for the second. A re-exploration
-    (a large prune-and-regrow with the large death rate) happens at the end of every phase but
-    the last. Ticket k is the best-validation epoch within phase k.
+    lr_steps:     (E, lr) pairs, E non-decreasing from 0: after E completed epochs the LR is lr
+                  (of pairs with the same E the later wins).
+    phase_starts: completed-epoch counts at which ticket phases begin. Epochs before the first
+                  phase explore (no ticket); every later start is preceded by a re-exploration.
+    warmup:       epochs of linear per-iteration warm-up to the scheduled LR.
+    restart_death_rate: the death-rate schedule starts over in every phase (the ImageNet code).
+    info:         extra (name, value) pairs reported in summary.json.
     """
 
     epochs: int
-    epochs_explo: int
-    model_num: int
-    refine_lr: float = 0.01
-    refine_lr_low: float = 0.001
+    lr_steps: tuple[tuple[int, float], ...]
+    phase_starts: tuple[int, ...] = (0,)
+    warmup: int = 0
+    restart_death_rate: bool = False
+    info: tuple[tuple[str, object], ...] = ()
 
     def __post_init__(self):
-        if self.model_num < 1:
-            raise ValueError("model_num must be at least 1")
-        if not 0 <= self.epochs_explo < self.epochs:
-            raise ValueError("epochs_explo must be in [0, epochs)")
-
-    @property
-    def phase_length(self) -> float:
-        return (self.epochs - self.epochs_explo) / self.model_num
+        if self.epochs < 1:
+            raise ValueError("a schedule needs at least one epoch")
+        starts = [e for e, _ in self.lr_steps]
+        if not starts or starts[0] != 0 or any(b < a for a, b in zip(starts, starts[1:])):
+            raise ValueError("lr_steps must start at epoch 0 and not go back in time")
+        if not self.phase_starts or any(b <= a for a, b in zip(self.phase_starts, self.phase_starts[1:])) or \
+                not 0 <= self.phase_starts[0] or self.phase_starts[-1] >= self.epochs:
+            raise ValueError("phase_starts must increase within [0, epochs)")
+        if not 0 <= self.warmup < self.epochs:
+            raise ValueError("the warm-up must be shorter than the run")
 
     @property
     def reexplore_epochs(self) -> tuple[int, ...]:
         """Epochs after which the large re-exploration runs (the paper's R1)."""
-        T = self.phase_length
-        return tuple(math.ceil(self.epochs_explo + m * T) for m in range(1, self.model_num))
+        return self.phase_starts[1:]
 
     @property
-    def lr_drop_epochs(self) -> tuple[int, ...]:
-        """Epochs after which the LR drops to refine_lr_low (the paper's R2)."""
-        T = self.phase_length
-        return tuple(math.ceil(self.epochs_explo + m * T + T / 2) for m in range(self.model_num))
+    def num_tickets(self) -> int:
+        return len(self.phase_starts)
+
+    def lr(self, epoch: int) -> float:
+        value = self.lr_steps[0][1]
+        for start, lr in self.lr_steps:
+            if epoch > start:
+                value = lr
+        return value
+
+    def warmup_fraction(self, epoch: int, iteration: int, iterations: int) -> float:
+        """Linear warm-up per iteration: (k + 1) / (warmup x iterations) at global iteration k."""
+        if epoch > self.warmup:
+            return 1.0
+        return ((epoch - 1) * iterations + iteration + 1) / (self.warmup * iterations)
 
     def phase(self, epoch: int) -> int:
-        """-1 during exploration, else the refinement phase (= ticket index) of this epoch."""
-        if epoch <= self.epochs_explo:
-            return -1
-        ends = self.reexplore_epochs
-        return sum(epoch > e for e in ends)
+        """-1 during exploration, else the phase (= ticket index) of this epoch."""
+        return sum(epoch > s for s in self.phase_starts) - 1
 
-    def lr(self, epoch: int, base_lr: float) -> float:
-        k = self.phase(epoch)
-        if k < 0:
-            return base_lr
-        return self.refine_lr_low if epoch > self.lr_drop_epochs[k] else self.refine_lr
+    def phase_bounds(self, phase: int) -> tuple[int, int]:
+        """(completed epochs at its start, at its end)."""
+        edges = (*self.phase_starts, self.epochs)
+        return edges[phase], edges[phase + 1]
 
     def reexplore_after(self, epoch: int) -> bool:
         return epoch in self.reexplore_epochs
 
-    def phase_starts(self, epoch: int) -> bool:
-        """True on the first epoch of each refinement phase (where the best-so-far is reset)."""
-        return epoch == self.epochs_explo + 1 or (epoch - 1) in self.reexplore_epochs
+    def phase_starts_at(self, epoch: int) -> bool:
+        """True on the first epoch of every phase (where the best-so-far is reset)."""
+        return epoch - 1 in self.phase_starts
+
+    def death_rate_restarts(self, steps_per_epoch: int) -> tuple[int, ...]:
+        """Optimizer steps after which the death-rate schedule starts over (empty: one schedule)."""
+        return tuple(e * steps_per_epoch for e in self.reexplore_epochs) if self.restart_death_rate else ()
+
+    def describe(self) -> dict:
+        return {"epochs": self.epochs, "warmup_epochs": self.warmup, "exploration_epochs": self.phase_starts[0],
+                "lr_after_epoch": [[e, lr] for e, lr in self.lr_steps],
+                "reexplore_after": list(self.reexplore_epochs), "tickets": self.num_tickets,
+                "phases": [list(self.phase_bounds(k)) for k in range(self.num_tickets)],
+                "death_rate_restarts_each_phase": self.restart_death_rate, **dict(self.info)}
+
+
+# ------------------------------------------------------------------ the paper's plans
+def step_schedule(epochs: int, base_lr: float, constant: bool = False, gamma: float = 0.1) -> Schedule:
+    """individual / DST / PF: step_lr (x0.1 after E/2 and 3E/4), or a constant LR; one ticket."""
+    if constant:
+        return Schedule(epochs, ((0, base_lr),))
+    milestones = (epochs // 2, (3 * epochs) // 4)
+    return Schedule(epochs, ((0, base_lr), *((m, base_lr * gamma ** k) for k, m in enumerate(milestones, 1))))
+
+
+def edst_schedule(epochs: int, epochs_explo: int, model_num: int, base_lr: float, refine_lr: float = 0.01,
+                  refine_lr_low: float = 0.001) -> Schedule:
+    """EDST (CIFAR): `epochs_explo` exploration epochs at base_lr, then `model_num` refinement phases.
+
+    Each phase lasts T = (epochs - epochs_explo) / model_num epochs (possibly fractional;
+    boundaries are rounded up, as in the paper's code), at refine_lr for its first half and
+    refine_lr_low after. A re-exploration ends every phase but the last.
+    """
+    if model_num < 1:
+        raise ValueError("model_num must be at least 1")
+    if not 0 <= epochs_explo < epochs:
+        raise ValueError("epochs_explo must be in [0, epochs)")
+    T = (epochs - epochs_explo) / model_num
+    starts = (epochs_explo, *(math.ceil(epochs_explo + m * T) for m in range(1, model_num)))
+    drops = tuple(math.ceil(epochs_explo + m * T + T / 2) for m in range(model_num))
+    steps = [(0, base_lr)]
+    for start, drop in zip(starts, drops):
+        steps += [(start, refine_lr), (drop, refine_lr_low)]
+    return Schedule(epochs, tuple(steps), starts,
+                    info=(("lr_drop_after", list(drops)), ("phase_length", T)))
+
+
+# The ImageNet code's plan for 310 epochs (section 6.4 of the reference notes): phases of 100, 70,
+# 70, 70 epochs; x0.1, x0.01, x0.001 of the LR 30, 60, 90 epochs into the first and 0, 30, 60 into
+# the others; 5 warm-up epochs.
+PAPER_IMAGENET_EPOCHS = 310
+PAPER_IMAGENET_REEXPLORE = (100, 170, 240)
+PAPER_IMAGENET_LR_STEPS = ((30, 0.1), (60, 0.01), (90, 0.001), (100, 0.1), (130, 0.01), (160, 0.001), (170, 0.1),
+                           (200, 0.01), (230, 0.001), (240, 0.1), (270, 0.01), (300, 0.001))
+PAPER_IMAGENET_WARMUP = 5
+
+
+def _scaled(epoch: int, epochs: int) -> int:
+    """`epoch` of the paper's 310 scaled to `epochs`, rounded half up (exact at 310)."""
+    return (2 * epoch * epochs + PAPER_IMAGENET_EPOCHS) // (2 * PAPER_IMAGENET_EPOCHS)
+
+
+def paper_imagenet_plan(epochs: int) -> tuple[tuple[int, ...], tuple[tuple[int, float], ...], int]:
+    """(re-exploration epochs, (epoch, LR factor) steps, warm-up) of the paper's schedule scaled to `epochs`.
+
+    Every epoch is scaled by epochs / 310; re-explorations that fall on the same epoch, at 0 or
+    at the end are dropped (fewer tickets), and the warm-up stays shorter than the run.
+    """
+    reexplore = tuple(sorted({r for r in (_scaled(e, epochs) for e in PAPER_IMAGENET_REEXPLORE) if 0 < r < epochs}))
+    steps = tuple((_scaled(e, epochs), f) for e, f in PAPER_IMAGENET_LR_STEPS)
+    warmup = min(_scaled(PAPER_IMAGENET_WARMUP, epochs), epochs - 1)
+    return reexplore, steps, warmup
+
+
+def factor_schedule(epochs: int, base_lr: float, reexplore: tuple[int, ...], lr_factors: tuple[tuple[int, float], ...],
+                    warmup: int, restart_death_rate: bool = True) -> Schedule:
+    """ImageNet: phases split at `reexplore`; from epoch E on the LR is base_lr x F for each (E, F)."""
+    return Schedule(epochs, ((0, base_lr * 1.0), *((e, base_lr * f) for e, f in lr_factors)), (0, *reexplore),
+                    warmup, restart_death_rate, info=(("lr_steps", [[e, f] for e, f in lr_factors]),))

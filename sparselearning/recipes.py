@@ -1,0 +1,97 @@
+"""The parts of a CIFAR/MNIST run (main_individual.py, main_DST.py, main_EDST.py, main_PF.py) for the shared Run."""
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch import nn
+
+from models import get_model
+
+from . import checkpoint as ckpt
+from .cli import schedule_for
+from .data import DatasetSpec, make_loaders
+from .errors import UsageError
+from .runfolder import run_folder
+from .train import DataSource, RunPlan, pick_device
+
+
+def cifar_kind(script: str, args: argparse.Namespace) -> str:
+    if script == "individual":
+        return "sparse" if args.sparse else "dense"
+    if script == "DST" and args.fix:
+        return "static"
+    return script
+
+
+def sparse_init_of(args: argparse.Namespace) -> dict:
+    """Masking.add_module's arguments for --density / --sparse-init / --erk-power-scale."""
+    if args.sparse_init == "pruning":  # global magnitude pruning of the initial weights
+        return {"sparse_init": "pruning", "pf_rate": 1 - args.density}
+    return {"density": args.density, "sparse_init": args.sparse_init, "erk_power_scale": args.erk_power_scale}
+
+
+def cifar_plan(script: str, args: argparse.Namespace, flag_defaults: dict) -> RunPlan:
+    """main_<script>.py's run: torchvision-format data in memory, a registry model, SGD or Adam, the paper's plan."""
+    device = pick_device(args.device)
+    kind = cifar_kind(script, args)
+    density = 1 - args.PF_rate if script == "PF" else args.density
+    run_dir = run_folder(args.output_dir, args.model, args.data, kind, args.seed, density,
+                         getattr(args, "model_num", 1))
+
+    def data() -> DataSource:
+        gen = torch.Generator().manual_seed(args.seed)
+        train, val, _, spec = make_loaders(args.data, args.data_dir, args.batch_size, args.test_batch_size,
+                                           args.valid_split, device, gen)
+        return DataSource(spec, train, val, generator=gen)
+
+    def model(spec: DatasetSpec) -> nn.Module:
+        return get_model(args.model, num_classes=spec.num_classes, in_channels=spec.in_channels,
+                         image_size=spec.image_size)
+
+    def optimizer(net: nn.Module) -> torch.optim.Optimizer:
+        if args.optimizer == "sgd":
+            return torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.l2,
+                                   nesterov=False)
+        return torch.optim.Adam(net.parameters(), lr=args.lr, weight_decay=args.l2)
+
+    sparse_init = None
+    if script == "PF":
+        sparse_init = {"sparse_init": "pruning", "pf_rate": args.PF_rate}
+    elif args.sparse or script in ("DST", "EDST"):
+        sparse_init = sparse_init_of(args)
+    fresh_note = None
+    if script == "PF":
+        fresh_note = (f"note: {run_dir} holds no last.pth yet: starting from the pretrained model {args.pretrained} "
+                      f"(what --resume means in the paper's PF command)")
+    return RunPlan(program=f"main_{script}.py", script=script, kind=kind, dataset=args.data, run_dir=run_dir,
+                   schedule=schedule_for(script, args), device=device, data=data, model=model, optimizer=optimizer,
+                   sparse_init=sparse_init, fixed_mask=args.fix or script == "PF", numbered_tickets=script == "EDST",
+                   prepare_model=(lambda net, spec: load_pretrained(net, spec, args)) if script == "PF" else None,
+                   progress=not args.no_progress, flag_defaults=flag_defaults, fresh_resume_note=fresh_note)
+
+
+def load_pretrained(model: nn.Module, spec: DatasetSpec, args: argparse.Namespace) -> None:
+    """PF: a dense checkpoint, loaded strictly (the original's strict=False could load nothing)."""
+    path = args.pretrained
+    obj = ckpt.safe_load(path)
+    if ckpt.is_ticket(obj):
+        if obj["model"] != args.model or obj["num_classes"] != spec.num_classes:
+            raise UsageError(f"--pretrained {path} is a {obj['model']} with {obj['num_classes']} classes, not a "
+                             f"{args.model} for {args.data}; pass the matching dense checkpoint")
+        if obj["sparse_state"]:
+            print(f"note: --pretrained {path} is already sparse; pruning it further")
+        state = ckpt.ticket_state_dict(obj)
+    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        state = obj["state_dict"]
+    elif isinstance(obj, dict) and obj and all(torch.is_tensor(v) for v in obj.values()):
+        state = obj
+    else:
+        raise UsageError(f"--pretrained {path} holds no model weights; pass a dense checkpoint from "
+                         f"main_individual.py")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise UsageError(f"--pretrained {path} does not fit {args.model} "
+                         f"({str(err).splitlines()[0][:100]}); pass a checkpoint of the same architecture") from None
