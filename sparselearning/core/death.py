@@ -56,8 +56,9 @@ def global_magnitude_death(weights: Mapping[str, torch.Tensor], masks: Mapping[s
                            n_remove: int) -> dict[str, torch.Tensor]:
     """Remove the n_remove smallest-magnitude active weights across all layers together."""
     names = list(weights)
-    flat = torch.cat([weights[n].detach().abs().flatten().float().cpu() for n in names])
-    active = torch.cat([masks[n].flatten().cpu() for n in names])
+    device = weights[names[0]].device  # ranked where the weights live: no copy of the model to the host
+    flat = torch.cat([weights[n].detach().abs().flatten().float().to(device) for n in names])
+    active = torch.cat([masks[n].flatten().to(device) for n in names])
     removed = top_k_mask(flat, n_remove, largest=False, among=active)
     out, offset = {}, 0
     for n in names:

@@ -96,7 +96,8 @@ def global_magnitude_masks(weights: Mapping[str, torch.Tensor], keep_fraction: f
     """Global magnitude pruning (PF): keep the floor(N * keep_fraction) largest |w| over all layers."""
     if not 0.0 < keep_fraction <= 1.0:
         raise ValueError(f"keep fraction must be in (0, 1], got {keep_fraction}")
-    flat = torch.cat([w.detach().abs().flatten().float().cpu() for w in weights.values()])
+    device = next(iter(weights.values())).device  # ranked where the weights live, not on the host
+    flat = torch.cat([w.detach().abs().flatten().float().to(device) for w in weights.values()])
     keep = max(1, math.floor(flat.numel() * keep_fraction))
     chosen = top_k_mask(flat, keep)
     masks, offset = {}, 0

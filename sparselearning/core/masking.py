@@ -205,12 +205,20 @@ class Masking:
         self.update_hooks.append(hook)
 
     @torch.no_grad()
-    def step(self, optimizer_step=None) -> bool:
+    def step(self, optimizer_step=None, scaler: "torch.amp.GradScaler | None" = None) -> bool:
         """Replaces optimizer.step(); returns True if a topology update ran.
 
-        optimizer_step: what performs the step (default optimizer.step; pass e.g.
-        ``lambda: scaler.step(optimizer)`` under AMP).
+        optimizer_step: what performs the step (default optimizer.step).
+        scaler: the GradScaler of fp16 AMP. The step then goes through ``scaler.step``, and a step
+        the scaler skips (inf/NaN gradients) is not counted and runs no topology update: growth
+        must never rank non-finite gradients, and the update then comes on the next real step.
         """
+        if scaler is not None and scaler.is_enabled():
+            scaler.unscale_(self.optimizer)  # found-inf is known from here; scaler.step will not unscale again
+            if self._scaler_found_inf(scaler):
+                scaler.step(self.optimizer)  # skips the step and records it for scaler.update()
+                return False
+            optimizer_step = optimizer_step or (lambda: scaler.step(self.optimizer))
         update_now = self.is_update_step()
         self.steps += 1
         params = list(self.params.values())
@@ -230,6 +238,15 @@ class Masking:
         elif not isinstance(self.optimizer, ZERO_PRESERVING_OPTIMIZERS):
             zero_outside([p.detach() for p in params], [self.masks[n] for n in self.params])
         return update_now
+
+    def _scaler_found_inf(self, scaler: "torch.amp.GradScaler") -> bool:
+        """Whether the scaler found inf/NaN gradients for this optimizer (after unscale_).
+
+        The same read GradScaler.step makes itself before it decides to skip (one host sync it
+        would pay anyway); torch exposes it only through this accessor.
+        """
+        found = scaler._found_inf_per_device(self.optimizer)
+        return bool(sum(v.item() for v in found.values()))
 
     # ------------------------------------------------------------------ topology update
     def truncate_weights(self, rate: float, grads: Mapping[str, torch.Tensor] | None = None) -> dict[str, int]:
