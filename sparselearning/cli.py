@@ -17,6 +17,7 @@ from pathlib import Path
 from .core import schedules
 from .core.masking import DEATH_MODES, GROWTH_MODES, REDISTRIBUTION_MODES
 from .core.schedules import DEATH_SCHEDULES, Schedule
+from .run_outputs import check_tensorboard
 from .errors import OneLineArgumentParser, UsageError
 
 SCRIPTS = ("individual", "DST", "EDST", "PF")
@@ -86,6 +87,8 @@ def common_parser(prog: str, description: str) -> OneLineArgumentParser:
     g.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
                    help="continue the interrupted run in the run folder (or from CHECKPOINT, a last.pth)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("--tensorboard", action="store_true",
+                   help="also log every epoch to <run folder>/tensorboard (needs the tensorboard package)")
     add_sparse_args(parser)
     return parser
 
@@ -193,6 +196,8 @@ def validate_common(args: argparse.Namespace) -> None:
         _positive(name, getattr(args, name))
     if args.workers < 0:
         raise UsageError(f"--workers must be 0 or more, got {args.workers}")
+    if args.tensorboard:
+        check_tensorboard()
     if not 0 < args.density <= 1:
         raise UsageError(f"--density must be in (0, 1], got {args.density}")
     for flag, dest in (("death-rate", "death_rate"), ("large-death-rate", "large_death_rate"),

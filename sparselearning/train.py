@@ -33,11 +33,14 @@ from .core.masking import Masking
 from .core.schedules import Schedule
 from .data import DatasetSpec
 from .errors import MaskDesyncError, UsageError
-from .runfolder import RunLock, file_id
+from .provenance import provenance
+from .run_outputs import (CURVES_PNG, METRICS_CSV, TENSORBOARD_DIR, TensorBoardLog, curves_title, plot_curves,
+                          write_metrics_csv)
+from .runfolder import RunLock, file_id, fmt_density
 
 # flags that may differ between an interrupted run and its --resume
 RESUME_FREE_FLAGS = frozenset({"resume", "overwrite", "device", "no_cuda", "workers", "log_interval", "data_dir",
-                               "output_dir", "no_progress", "amp"})
+                               "output_dir", "no_progress", "amp", "tensorboard"})
 
 
 class NonFiniteLossError(RuntimeError):
@@ -205,6 +208,8 @@ class Run:
         self.flags = dict(vars(args))
         self.kind = plan.kind
         self.writing = False  # rank 0, once start_run holds the run folder
+        self.provenance: dict | None = None  # command, versions, device, git commit, host (summary.json)
+        self.tensorboard: TensorBoardLog | None = None
         self._resume_cache = None
 
     def ticket_name(self, phase: int) -> str:
@@ -367,7 +372,8 @@ class Run:
     def remove_old_run(self) -> None:
         """--overwrite: the previous run's files go before the new run writes any."""
         for old in [*self.run_dir.glob("model*.pth"), *self.run_dir.glob("snapshots/*.pth"),
-                    *(self.run_dir / n for n in ("last.pth", "summary.json", "train.log"))]:
+                    *self.run_dir.glob(f"{TENSORBOARD_DIR}/events.out.tfevents.*"),
+                    *(self.run_dir / n for n in ("last.pth", "summary.json", "train.log", METRICS_CSV, CURVES_PNG))]:
             old.unlink(missing_ok=True)
 
     def ticket_meta(self, phase: int, val: dict, role: str = "ticket") -> dict:
@@ -408,7 +414,8 @@ class Run:
         backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else None
         return {
             "script": self.plan.program, "kind": self.kind, "status": status, "flags": self.flags,
-            "run_dir": str(self.run_dir), "device": str(self.device), "epochs_done": self.epoch,
+            "run_dir": str(self.run_dir), "device": str(self.device), "provenance": self.provenance,
+            "epochs_done": self.epoch,
             "epochs_total": self.total_epochs, "schedule": self.schedule.describe(),
             "parameters": {"total": n_all, "active": active, "density": active / n_all},
             "training_flops": self.flops.total,
@@ -461,7 +468,17 @@ class Run:
             if self.writing:
                 ckpt.atomic_save(self.resume_state(), self.run_dir / "last.pth")
             self.write_summary("running")
+            if self.writing:
+                write_metrics_csv(self.history, self.run_dir / METRICS_CSV)
         return self.finish()
+
+    def write_curves(self) -> None:
+        """curves.png from the per-epoch history (loss, accuracy, LR, density, exploration; phases marked)."""
+        if self.writing:
+            density = f"density {fmt_density(self.masking.density())}" if self.masking else "dense"
+            plot_curves(self.history, self.run_dir / CURVES_PNG,
+                        title=curves_title(self.kind, self.args.model, self.plan.dataset, density),
+                        reexplore_after=self.schedule.reexplore_epochs)
 
     def step_hooks(self, epoch: int, lr: float) -> dict:
         """Per-iteration warm-up of the LR, and the running training loss every plan.log_every iterations."""
@@ -526,6 +543,8 @@ class Run:
                "exploration_rate": self.masking.exploration_rate() if self.masking else None,
                "training_flops": self.flops.total}
         self.history.append(row)
+        if self.tensorboard is not None:
+            self.tensorboard.log_epoch(row)
         save_every = getattr(self.args, "save_every", 0)
         if save_every and epoch % save_every == 0 and self.writing:
             snap = ckpt.build_ticket(self.model, self.masking.masks if self.masking else None,
@@ -543,6 +562,7 @@ class Run:
 
     def finish(self) -> dict:
         self.write_summary("finished")
+        self.write_curves()
         s = self.summary("finished")
         self.log(f"done: {len(self.tickets)} ticket(s) in {self.run_dir}; training FLOPs "
                  f"{s['training_flops']:.3e} = {s['training_flops_relative_to_dense_250_epochs']:.3f}x one dense "
@@ -576,10 +596,14 @@ def train_reporting_errors(run: Run) -> dict:
         changed = " ".join(f"--{k}={v}" for k, v in sorted(run.fingerprint().items()) if defaults.get(k) != v)
         run.log(f"{run.plan.program} started {datetime.datetime.now().isoformat(timespec='seconds')} on "
                 f"{run.device}{run.plan.start_note}: {changed} (all flags in summary.json)")
+        run.provenance = provenance(device=run.device)
         run.write_summary("running")
+        if run.writing and run.args.tensorboard:
+            run.tensorboard = TensorBoardLog(run.run_dir / TENSORBOARD_DIR)
         return run.train()
     except NonFiniteLossError as err:
         run.write_summary("failed: non-finite loss")
+        run.write_curves()
         raise UsageError(str(err)) from None
     except MaskDesyncError as err:
         run.log(f"error: {err}")
@@ -588,6 +612,9 @@ def train_reporting_errors(run: Run) -> dict:
     except OSError as err:  # e.g. train.log on a full disk (checkpoints raise ckpt.WriteError themselves)
         raise UsageError(f"could not write {err.filename or run.run_dir} ({err.strerror or err}); the last "
                          f"complete checkpoint is intact - free disk space, then add --resume") from None
+    finally:
+        if run.tensorboard is not None:
+            run.tensorboard.close()
 
 
 def main(script: str, argv: list[str] | None = None) -> dict:
