@@ -18,8 +18,9 @@ def readme_commands():
         joined = re.sub(r"\\\n\s*", " ", block)
         for line in joined.splitlines():
             line = line.split("#", 1)[0].strip()
-            if line.startswith("python "):
-                cmds.append(shlex.split(line.replace("$seed", "18")))
+            if line.startswith(("python ", "python3 ")):
+                line = line.replace("$seed", "18").replace("$pretrain", "dense/model.pth").replace("$epoch", "250")
+                cmds.append(["python", *shlex.split(line)[1:]])
     return cmds
 
 
@@ -42,4 +43,4 @@ def test_evaluation_commands_parse(cmd):
     from sparselearning.evaluation import build_parser as eval_parser
 
     args = eval_parser().parse_args(cmd[2:])
-    assert args.resume
+    assert args.resume or args.compare
