@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from sparselearning import data as D
+from sparselearning.data import augment, sources
 from sparselearning.errors import UsageError
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -187,7 +188,7 @@ def test_cache_hits_and_notices_changed_files(tmp_path):
 
 def test_download_false_never_touches_network(tmp_path, no_network, monkeypatch):
     called = []
-    monkeypatch.setattr(D, "_download", lambda *a: called.append(a))
+    monkeypatch.setattr(sources, "_download", lambda *a: called.append(a))
     for name in ("cifar10", "cifar100", "mnist", "svhn"):
         with pytest.raises(UsageError) as err:
             D.load_split(name, "test", str(tmp_path / "empty"), download=False)
@@ -205,7 +206,7 @@ def test_missing_dataset_message_names_where_it_looked(tmp_path):
 
 
 def test_fashionmnist_message_mentions_debian(tmp_path, monkeypatch):
-    monkeypatch.setattr(D, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path / "nowhere"))
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path / "nowhere"))
     with pytest.raises(UsageError) as err:
         D.load_split("fashionmnist", "test", str(tmp_path), download=False)
     msg = str(err.value)
@@ -393,7 +394,7 @@ def test_augment_batch_matches_explicit_slicing(name):
     replay.set_state(g.get_state())
     out = D.augment_batch(x, spec, g)
     assert out.dtype == torch.uint8 and out.shape == x.shape
-    dy, dx, flip = D._draw_augment_params(64, spec, replay)
+    dy, dx, flip = augment.draw_augment_params(64, spec, replay)
     assert torch.equal(g.get_state(), replay.get_state())  # the draws are exactly these
     for i in range(64):
         ref = _reference_crop(x[i], spec, int(dy[i]), int(dx[i]), bool(flip[i]))

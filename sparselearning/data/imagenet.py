@@ -27,7 +27,8 @@ from typing import Iterable, Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from . import DatasetSpec
+from .normalization import channel_stats, normalize_uint8
+from .specs import DatasetSpec
 from ..errors import UsageError
 
 __all__ = [
@@ -165,8 +166,7 @@ class DeviceBatches:
                  std: Sequence[float] = IMAGENET_STD, num_samples: int | None = None):
         self.loader = loader
         self.device = torch.device(device)
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) * 255
-        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) * 255
+        self.mean, self.std = channel_stats(mean, std, self.device)
         self.num_samples = len(loader.dataset) if num_samples is None else int(num_samples)
 
     def __len__(self) -> int:
@@ -182,7 +182,7 @@ class DeviceBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         non_blocking = self.device.type == "cuda"
         for x, y in self.loader:
-            x = x.to(self.device, non_blocking=non_blocking).float().sub_(self.mean).div_(self.std)
+            x = normalize_uint8(x.to(self.device, non_blocking=non_blocking), self.mean, self.std)
             yield x, y.to(self.device, non_blocking=non_blocking)
 
 
