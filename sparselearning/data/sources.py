@@ -138,6 +138,9 @@ def load_split(name: str, split: str, data_dir: str | None = None,
     if split not in ("train", "test"):
         raise UsageError(f"unknown split {split!r}; use 'train' or 'test'")
     root = Path(data_dir if data_dir is not None else DEFAULT_DATA_DIR).expanduser()
+    if root.exists() and not root.is_dir():  # else Fashion-MNIST would quietly come from Debian's copy
+        raise UsageError(f"the data folder {root} is a file, not a folder; point --data-dir at the folder "
+                         f"that holds the datasets")
     files = _find_or_download(key_name, split, root, download)
     sig = tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
     key = (key_name, split, sig)
