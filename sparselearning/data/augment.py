@@ -1,8 +1,8 @@
 """Random crop + horizontal flip of a whole batch in one gather, on any device.
 
-Random numbers come from a CPU ``torch.Generator`` only (then moved to the images' device), so a
-fixed generator state gives the same augmentation on CPU and CUDA: per batch, first the row
-offsets, then the column offsets, then the flip flags.
+Random numbers come from a CPU ``torch.Generator`` only, so a fixed generator state gives the same
+augmentation on CPU and CUDA: per batch, first the row offsets, then the column offsets, then the
+flip flags, drawn into one table that reaches the device in one (pinned, non-blocking) copy.
 """
 from __future__ import annotations
 
@@ -12,20 +12,42 @@ import torch.nn.functional as F
 from ..errors import UsageError
 from .specs import DatasetSpec
 
-__all__ = ["augment_batch", "draw_augment_params", "apply_crop_flip"]
+__all__ = ["augment_batch", "draw_augment_table", "split_augment_table", "draw_augment_params",
+           "apply_crop_flip"]
+
+
+def draw_augment_table(n: int, spec: DatasetSpec, generator: torch.Generator | None,
+                       pin_memory: bool = False) -> torch.Tensor:
+    """One (rows, n) int64 CPU tensor of a batch's choices: rows dy, dx (crop offsets in [0, 2p], when
+    cropping), then flip (0/1, when flipping), drawn row by row in this order.
+
+    One tensor, so it reaches the device in one copy; ``pin_memory`` (for a CUDA device) lets that
+    copy run without blocking. The values equal three separate ``torch.randint`` draws.
+    """
+    p = int(spec.crop_padding)
+    rows = (2 if p > 0 else 0) + (1 if spec.hflip else 0)
+    table = torch.empty((rows, n), dtype=torch.int64, pin_memory=pin_memory)
+    if p > 0:
+        torch.randint(0, 2 * p + 1, (n,), generator=generator, out=table[0])
+        torch.randint(0, 2 * p + 1, (n,), generator=generator, out=table[1])
+    if spec.hflip:
+        torch.randint(0, 2, (n,), generator=generator, out=table[rows - 1])
+    return table
+
+
+def split_augment_table(table: torch.Tensor, spec: DatasetSpec
+                        ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """(dy, dx, flip) views of a :func:`draw_augment_table` table (None where the spec has no such choice)."""
+    crop = int(spec.crop_padding) > 0
+    dy, dx = (table[0], table[1]) if crop else (None, None)
+    flip = table[-1].bool() if spec.hflip else None
+    return dy, dx, flip
 
 
 def draw_augment_params(n: int, spec: DatasetSpec, generator: torch.Generator | None
                         ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Per-sample (dy, dx) crop offsets in [0, 2p] and flip flags, drawn on the CPU in this order."""
-    p = int(spec.crop_padding)
-    dy = dx = flip = None
-    if p > 0:
-        dy = torch.randint(0, 2 * p + 1, (n,), generator=generator)
-        dx = torch.randint(0, 2 * p + 1, (n,), generator=generator)
-    if spec.hflip:
-        flip = torch.randint(0, 2, (n,), generator=generator).bool()
-    return dy, dx, flip
+    return split_augment_table(draw_augment_table(n, spec, generator), spec)
 
 
 def _reflect_index(i: torch.Tensor, size: int) -> torch.Tensor:
@@ -79,5 +101,7 @@ def augment_batch(x: torch.Tensor, spec: DatasetSpec, generator: torch.Generator
         raise UsageError(f"augment_batch expects (N, C, H, W) images, got shape {tuple(x.shape)}")
     if spec.crop_padding <= 0 and not spec.hflip:
         return x
-    dy, dx, flip = draw_augment_params(int(x.shape[0]), spec, generator)
-    return apply_crop_flip(x.contiguous(), spec, dy, dx, flip)
+    cuda = x.device.type == "cuda"
+    table = draw_augment_table(int(x.shape[0]), spec, generator, pin_memory=cuda)
+    table = table.to(x.device, non_blocking=cuda)  # one copy per batch (pinned: asynchronous)
+    return apply_crop_flip(x.contiguous(), spec, *split_augment_table(table, spec))
