@@ -92,6 +92,26 @@ def _cifar_garbage(box: Path, w: dict) -> None:
     (folder / "data_batch_3").write_bytes((folder / "data_batch_3").read_bytes()[:100])
 
 
+def _fmnist_label_200(box: Path, w: dict) -> None:
+    import gzip
+
+    raw = box / "bad_data" / "FashionMNIST" / "raw"
+    shutil.copytree(w["data"] / "FashionMNIST" / "raw", raw)
+    f = raw / "train-labels-idx1-ubyte.gz"
+    labels = bytearray(gzip.decompress(f.read_bytes()))
+    labels[8 + 7] = 200  # idx header: 4 magic bytes + one 4-byte dimension
+    f.write_bytes(gzip.compress(bytes(labels)))
+
+
+def _cifar_label_minus_1(box: Path, w: dict) -> None:
+    import pickle
+
+    folder = write_cifar10(box / "bad_data", per_batch=4, n_test=4) / "cifar-10-batches-py"
+    batch = pickle.loads((folder / "test_batch").read_bytes())
+    batch[b"labels"][2] = -1
+    (folder / "test_batch").write_bytes(pickle.dumps(batch))
+
+
 RUN_DST = "out/cnn-small/fashionmnist/density_0.05/DST/seed=5"  # where TRAIN + --sparse writes
 
 CASES = [
@@ -111,6 +131,12 @@ CASES = [
          ("train-labels-idx1-ubyte", "not an idx file"), _fmnist_bad_magic),
     Case("dst-cifar-batch-truncated", "main_DST.py", ["--sparse", "--data", "cifar10", "--data-dir", "{box}/bad_data"],
          ("cannot read the CIFAR-10 train files", "re-download"), _cifar_garbage),
+    Case("ind-fmnist-label-200", "main_individual.py", ["--data-dir", "{box}/bad_data"],
+         ("train-labels-idx1-ubyte.gz holds label 200, outside 0..9", "re-download"), _fmnist_label_200),
+    Case("dst-cifar-label-minus-1", "main_DST.py", ["--sparse", "--data", "cifar10", "--data-dir", "{box}/bad_data"],
+         ("test_batch holds label -1, outside 0..9", "re-download"), _cifar_label_minus_1),
+    Case("dst-data-dir-is-a-file", "main_DST.py", ["--sparse", "--data-dir", "{box}/afile"],
+         ("afile is a file, not a folder", "point --data-dir"), _file("afile", b"x")),
     # ---------------------------------------------------------------- main_DST.py: flags, folders, --resume
     Case("dst-output-dir-is-a-file", "main_DST.py", ["--sparse", "--output-dir", "{box}/afile"],
          ("afile is a file", "--output-dir"), _file("afile", b"x")),

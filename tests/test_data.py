@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from sparselearning import data as D
+from sparselearning.data import augment, sources
 from sparselearning.errors import UsageError
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -187,7 +188,7 @@ def test_cache_hits_and_notices_changed_files(tmp_path):
 
 def test_download_false_never_touches_network(tmp_path, no_network, monkeypatch):
     called = []
-    monkeypatch.setattr(D, "_download", lambda *a: called.append(a))
+    monkeypatch.setattr(sources, "_download", lambda *a: called.append(a))
     for name in ("cifar10", "cifar100", "mnist", "svhn"):
         with pytest.raises(UsageError) as err:
             D.load_split(name, "test", str(tmp_path / "empty"), download=False)
@@ -205,7 +206,7 @@ def test_missing_dataset_message_names_where_it_looked(tmp_path):
 
 
 def test_fashionmnist_message_mentions_debian(tmp_path, monkeypatch):
-    monkeypatch.setattr(D, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path / "nowhere"))
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path / "nowhere"))
     with pytest.raises(UsageError) as err:
         D.load_split("fashionmnist", "test", str(tmp_path), download=False)
     msg = str(err.value)
@@ -393,7 +394,7 @@ def test_augment_batch_matches_explicit_slicing(name):
     replay.set_state(g.get_state())
     out = D.augment_batch(x, spec, g)
     assert out.dtype == torch.uint8 and out.shape == x.shape
-    dy, dx, flip = D._draw_augment_params(64, spec, replay)
+    dy, dx, flip = augment.draw_augment_params(64, spec, replay)
     assert torch.equal(g.get_state(), replay.get_state())  # the draws are exactly these
     for i in range(64):
         ref = _reference_crop(x[i], spec, int(dy[i]), int(dx[i]), bool(flip[i]))
@@ -529,3 +530,47 @@ def test_real_debian_fashion_mnist(tmp_path):
     assert abs((x.float() / 255).std().item() - spec.std[0]) < 0.001
     xt, yt = D.load_split("fashionmnist", "test", str(tmp_path), download=False)
     assert xt.shape == (10000, 1, 28, 28) and torch.bincount(yt, minlength=10).tolist() == [1000] * 10
+
+
+def _numpy_pad_crop_flip(imgs: np.ndarray, p: int, mode: str, dy, dx, flip) -> np.ndarray:
+    """Per-image np.pad, slice and mirror: the textbook augmentation."""
+    s_h, s_w = imgs.shape[2:]
+    out = np.empty_like(imgs)
+    for i, img in enumerate(imgs):
+        padded = np.pad(img, ((0, 0), (p, p), (p, p)), mode=mode) if p else img
+        crop = padded[:, int(dy[i]):int(dy[i]) + s_h, int(dx[i]):int(dx[i]) + s_w] if p else img
+        out[i] = crop[:, :, ::-1] if flip is not None and bool(flip[i]) else crop
+    return out
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "fashionmnist", "mnist"])
+def test_loader_epochs_equal_a_numpy_reference(name):
+    """Two epochs of the training loader, bit for bit: the permutation, then per batch three torch.randint draws
+    (row offsets, column offsets, flips) from the one CPU generator, numpy pad-crop-flip, (x/255 - mean)/std in
+    float32; and the generator ends in the same state."""
+    spec = D.get_spec(name)
+    x = _images(37, c=spec.in_channels, s=spec.image_size, seed=3)
+    g = torch.Generator().manual_seed(21)
+    replay = torch.Generator()
+    replay.set_state(g.get_state())
+    loader = D.BatchLoader(x, torch.arange(37), 8, shuffle=True, augment=True, spec=spec, generator=g)
+    p = spec.crop_padding
+    mean = np.asarray(spec.mean, np.float32).reshape(-1, 1, 1)
+    std = np.asarray(spec.std, np.float32).reshape(-1, 1, 1)
+    for _ in range(2):
+        perm = torch.randperm(37, generator=replay)
+        for k, (xb, yb) in enumerate(_epoch(loader)):
+            idx = perm[8 * k:8 * (k + 1)]
+            n = len(idx)
+            dy = dx = flip = None
+            if p:
+                dy = torch.randint(0, 2 * p + 1, (n,), generator=replay)
+                dx = torch.randint(0, 2 * p + 1, (n,), generator=replay)
+            if spec.hflip:
+                flip = torch.randint(0, 2, (n,), generator=replay)
+            mode = "reflect" if spec.pad_mode == "reflect" else "constant"
+            crops = _numpy_pad_crop_flip(x[idx].numpy(), p, mode, dy, dx, flip)
+            want = (crops.astype(np.float32) / np.float32(255) - mean) / std
+            assert yb.tolist() == idx.tolist()
+            assert np.array_equal(xb.numpy(), want), (name, k)
+    assert torch.equal(g.get_state(), replay.get_state())

@@ -8,7 +8,12 @@ Conventions (torchvision's reference recipe, as the paper's code):
 - training: RandomResizedCrop(image_size) + random horizontal flip;
 - validation: Resize(round(image_size / 0.875)) (256 for 224) + CenterCrop(image_size);
 - workers return uint8 tensors; conversion to float and normalisation with the ImageNet mean and
-  std happen on the device (:class:`DeviceBatches`), which keeps host-to-device copies 4x smaller.
+  std happen on the device (:class:`DeviceBatches`), which keeps host-to-device copies 4x smaller;
+- or (``decode="gpu"``) workers return the JPEG file bytes and the device decodes and crops them
+  (:mod:`.image_files`);
+- training augmentation is seeded per sample, so batches do not depend on the number of workers or
+  on persistent workers, and a resumed run repeats them; an image that cannot be decoded stops the
+  run with a one-line error naming it, or (``skip_unreadable=True``) is left out and counted.
 
 ImageNet's official validation set is the held-out set the paper selects tickets on and reports;
 there is no separate test split.
@@ -27,14 +32,16 @@ from typing import Iterable, Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from . import DatasetSpec
+from .image_files import DECODERS, FolderBatch, ImageFolderSet, SeededSampler, UnreadableImage, collate_images
+from .normalization import channel_stats, normalize_uint8
+from .specs import DatasetSpec
 from ..errors import UsageError
 
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "IMAGENET_CLASSES", "VAL_CROP_FRACTION", "check_root", "imagenet_spec",
     "train_transform", "val_transform", "image_folder", "ShardSampler", "DeviceBatches",
     "image_loader", "exit_with_trainer",
-    "imagenet_val_batches", "first_batches",
+    "imagenet_val_batches", "first_batches", "DECODERS", "UnreadableImage", "val_resize",
 ]
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -61,25 +68,36 @@ def train_transform(image_size: int):
     return T.Compose([T.RandomResizedCrop(image_size, antialias=True), T.RandomHorizontalFlip(), T.PILToTensor()])
 
 
+def val_resize(image_size: int) -> int:
+    """The shorter side validation images are resized to before the centre crop (256 for 224)."""
+    return max(image_size, int(round(image_size / VAL_CROP_FRACTION)))
+
+
 def val_transform(image_size: int):
     from torchvision import transforms as T
 
-    resize = max(image_size, int(round(image_size / VAL_CROP_FRACTION)))
-    return T.Compose([T.Resize(resize, antialias=True), T.CenterCrop(image_size), T.PILToTensor()])
+    return T.Compose([T.Resize(val_resize(image_size), antialias=True), T.CenterCrop(image_size), T.PILToTensor()])
 
 
-def image_folder(root: str | Path, split: str, image_size: int, classes: Sequence[str] | None = None):
-    """torchvision ImageFolder of ``root/split`` with the split's transform (uint8 CHW tensors).
+def image_folder(root: str | Path, split: str, image_size: int, classes: Sequence[str] | None = None, *,
+                 decode: str = "pil", skip_unreadable: bool = False):
+    """An ImageFolder of ``root/split`` with the split's transform (uint8 CHW tensors).
 
     ``classes``: the training classes; the split must have exactly these (the label of a class is
-    its index in the sorted training classes, the same on every split).
+    its index in the sorted training classes, the same on every split). ``decode``: "pil" (workers
+    decode and transform) or "gpu" (workers read file bytes; :class:`DeviceBatches` decodes with
+    torchvision.io.decode_jpeg on its device and crops there). ``skip_unreadable``: leave images
+    that fail to decode out of their batch (counted in ``DeviceBatches.skipped``) instead of
+    stopping with a UsageError naming the file.
     """
-    from torchvision.datasets import ImageFolder
-
+    if decode not in DECODERS:
+        raise UsageError(f"unknown image decoder {decode!r}; use one of: {', '.join(DECODERS)}")
     folder = check_root(root) / split
-    tf = train_transform(image_size) if split == "train" else val_transform(image_size)
+    train = split == "train"
+    tf = train_transform(image_size) if train else val_transform(image_size)
     try:
-        ds = ImageFolder(str(folder), transform=tf)
+        ds = ImageFolderSet(str(folder), tf, image_size=image_size, train=train, resize=val_resize(image_size),
+                            decode=decode, skip_unreadable=skip_unreadable)
     except (FileNotFoundError, RuntimeError) as err:
         raise UsageError(f"{folder} is not a usable ImageFolder ({str(err).splitlines()[0][:160]}); it must hold "
                          f"one sub-folder of images per class") from None
@@ -102,20 +120,34 @@ def imagenet_spec(num_classes: int = IMAGENET_CLASSES, image_size: int = 224, tr
                        tuple(float(s) for s in std), int(train_size), 0, "constant", False)
 
 
-def image_loader(dataset, batch_size: int, workers: int, device: torch.device | str, **kwargs) -> DataLoader:
+def image_loader(dataset, batch_size: int, workers: int, device: torch.device | str, *,
+                 persistent_workers: bool = True, prefetch_factor: int | None = 4, **kwargs) -> DataLoader:
     """A DataLoader whose worker processes start from a fork server, not by forking this process.
 
     By the time a loader is iterated, this process runs threads (gloo, OpenMP, tqdm); a fork taken
     while one of them holds a lock can leave a worker deadlocked for good (seen here as a one-in-six
     hang of a two-process CPU run). The fork server is a clean single-threaded process.
+
+    ``persistent_workers``: keep the workers between epochs (no restart per epoch); ``prefetch_factor``:
+    batches each worker prepares ahead. Both apply only with workers > 0. A training ImageFolder's
+    sampler is wrapped in a :class:`SeededSampler` (per-sample augmentation seeds), so persistent
+    workers still give every epoch the augmentation its seed (``DeviceBatches.set_epoch``) prescribes.
     """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise UsageError(f"the number of data-loading workers must be a non-negative integer, got {workers!r}")
     context, init = None, None
-    if workers > 0 and "forkserver" in multiprocessing.get_all_start_methods():
-        context = multiprocessing.get_context("forkserver")
-        # imported once in the server, not again in each worker of each epoch
-        context.set_forkserver_preload(["torch", "torchvision.datasets", "torchvision.transforms", "PIL.Image",
-                                        "sparselearning.data.imagenet"])
-        init = functools.partial(exit_with_trainer, os.getpid())
+    if workers > 0:
+        kwargs.update(persistent_workers=bool(persistent_workers), prefetch_factor=prefetch_factor)
+        if "forkserver" in multiprocessing.get_all_start_methods():
+            context = multiprocessing.get_context("forkserver")
+            # imported once in the server, not again in each worker of each epoch
+            context.set_forkserver_preload(["torch", "torchvision.datasets", "torchvision.transforms", "PIL.Image",
+                                            "sparselearning.data.imagenet"])
+            init = functools.partial(exit_with_trainer, os.getpid())
+    if getattr(dataset, "draws_random", False) and "batch_sampler" not in kwargs:
+        kwargs["sampler"] = SeededSampler(kwargs.pop("sampler", None), dataset, bool(kwargs.pop("shuffle", False)))
+    if getattr(dataset, "needs_collate", False):
+        kwargs.setdefault("collate_fn", collate_images)
     return DataLoader(dataset, batch_size=batch_size, num_workers=workers, multiprocessing_context=context,
                       worker_init_fn=init, pin_memory=torch.device(device).type == "cuda", **kwargs)
 
@@ -155,53 +187,76 @@ class ShardSampler(Sampler[int]):
 
 
 class DeviceBatches:
-    """Wraps a DataLoader of uint8 (x, y): yields float (x - mean) / std and int64 y on ``device``.
+    """Wraps a DataLoader of uint8 (x, y): yields float (x / 255 - mean) / std and int64 y on ``device``.
 
     ``num_samples``: the number of training samples over all ranks (what the FLOPs reference of
-    one dense epoch counts); ``len()``: batches per epoch on this rank.
+    one dense epoch counts); ``len()``: batches per epoch on this rank. Batches of file bytes
+    (``decode="gpu"``) are decoded and cropped here, on ``device``. ``skipped``: images left out
+    so far because they could not be decoded (``skip_unreadable=True``); ``skipped_paths``: the
+    first 100 of them.
     """
 
     def __init__(self, loader: DataLoader, device: torch.device | str, mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD, num_samples: int | None = None):
         self.loader = loader
         self.device = torch.device(device)
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) * 255
-        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) * 255
+        self.mean, self.std = channel_stats(mean, std, self.device)
         self.num_samples = len(loader.dataset) if num_samples is None else int(num_samples)
+        self.skipped = 0
+        self.skipped_paths: list[str] = []
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def set_epoch(self, epoch: int, seed: int) -> None:
-        """Reshuffle (DistributedSampler) and reseed the workers' augmentation for ``epoch``."""
+        """Reshuffle (DistributedSampler) and reseed the augmentation for ``epoch``."""
         sampler = self.loader.sampler
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
+        if hasattr(sampler, "set_seed"):
+            sampler.set_seed(seed)
         self.loader.generator = torch.Generator().manual_seed(seed)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         non_blocking = self.device.type == "cuda"
-        for x, y in self.loader:
-            x = x.to(self.device, non_blocking=non_blocking).float().sub_(self.mean).div_(self.std)
+        for batch in self.loader:
+            x, y = self._unpack(batch) if isinstance(batch, FolderBatch) else batch
+            if x is None:
+                continue
+            x = normalize_uint8(x.to(self.device, non_blocking=non_blocking), self.mean, self.std)
             yield x, y.to(self.device, non_blocking=non_blocking)
+
+    def _unpack(self, batch: FolderBatch) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """uint8 images and labels of a batch that may hold file bytes or have left images out."""
+        x, y = batch.images, batch.labels
+        if isinstance(x, list):  # file bytes: decode on the device (may leave more images out)
+            x, y = self.loader.dataset.decode_batch(batch, self.device)
+        self.skipped += len(batch.skipped)
+        self.skipped_paths += batch.skipped[:max(0, 100 - len(self.skipped_paths))]
+        return (None, None) if x is None or x.shape[0] == 0 else (x, y)
 
 
 def imagenet_val_batches(root: str | Path, image_size: int = 224, batch_size: int = 256,
                          device: torch.device | str = "cpu", *, mean: Sequence[float] = IMAGENET_MEAN,
                          std: Sequence[float] = IMAGENET_STD, workers: int = 4,
-                         classes: Sequence[str] | None = None) -> tuple[DeviceBatches, DatasetSpec]:
+                         classes: Sequence[str] | None = None, persistent_workers: bool = True,
+                         prefetch_factor: int | None = 4, decode: str = "pil",
+                         skip_unreadable: bool = False) -> tuple[DeviceBatches, DatasetSpec]:
     """The validation split of an ImageFolder root as normalised batches on ``device``, in file order.
 
     Returns (batches, spec): iterate ``batches`` for (x, y); ``spec.num_classes`` is the number of
-    class folders in train/ (1000 for ImageNet). Pass the ticket's normalisation as mean/std.
+    class folders in train/ (1000 for ImageNet). Pass the ticket's normalisation as mean/std;
+    ``workers``, ``persistent_workers``, ``prefetch_factor`` as in :func:`image_loader`, ``decode``
+    and ``skip_unreadable`` as in :func:`image_folder`.
     """
     root = check_root(root)
     if classes is None:
         from torchvision.datasets.folder import find_classes
 
         classes, _ = find_classes(str(root / "train"))
-    ds = image_folder(root, "val", image_size, classes)
-    loader = image_loader(ds, batch_size, workers, device, shuffle=False)
+    ds = image_folder(root, "val", image_size, classes, decode=decode, skip_unreadable=skip_unreadable)
+    loader = image_loader(ds, batch_size, workers, device, shuffle=False, persistent_workers=persistent_workers,
+                          prefetch_factor=prefetch_factor)
     spec = imagenet_spec(len(classes), image_size, 0, mean, std)
     return DeviceBatches(loader, device, mean, std), spec
 
