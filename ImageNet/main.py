@@ -81,6 +81,11 @@ def imagenet_flags() -> argparse.ArgumentParser:
                    help="E:F pairs: from epoch E on the LR is --lr x F ('' = constant after warm-up; not given: the "
                         "paper's scaled to --epochs / 310)")
     g.add_argument("--image-size", type=at_least(16), default=224, help="training crop and validation centre-crop side")
+    g.add_argument("--decode", default="pil", choices=["pil", "gpu"],
+                   help="JPEG decoding: pil = in the data workers; gpu = workers read the bytes, "
+                        "torchvision.io.decode_jpeg decodes and crops on the training device")
+    g.add_argument("--skip-unreadable", action="store_true",
+                   help="leave images that fail to decode out (the count is printed every epoch) instead of stopping")
     g.add_argument("-p", "--print-freq", type=at_least(1), default=100, help="log the training loss every N iterations")
     g.add_argument("--master_port", "--master-port", dest="master_port", type=int, default=None,
                    help="rendezvous port; multiproc.py hands it to torchrun")
@@ -161,9 +166,10 @@ def derived_seed(seed: int, epoch: int, rank: int) -> int:
 def imagenet_data(args: argparse.Namespace, world: World, device: torch.device):
     def build() -> DataSource:
         root = check_root(args.data)
-        train_set = image_folder(root, "train", args.image_size)
+        files = {"decode": args.decode, "skip_unreadable": args.skip_unreadable}
+        train_set = image_folder(root, "train", args.image_size, **files)
         classes = list(train_set.classes)
-        val_set = image_folder(root, "val", args.image_size, classes)
+        val_set = image_folder(root, "val", args.image_size, classes, **files)
         if len(train_set) // world.size < args.batch_size:
             raise UsageError(f"{root / 'train'} has {len(train_set)} images: fewer than one batch of "
                              f"{args.batch_size} for each of {world.size} processes; lower -b/--batch-size")
@@ -177,6 +183,9 @@ def imagenet_data(args: argparse.Namespace, world: World, device: torch.device):
                             device, spec.mean, spec.std)
 
         def start_epoch(epoch: int) -> None:
+            if train.skipped and world.is_main:  # --skip-unreadable
+                print(f"note: {train.skipped} unreadable training image(s) left out so far, e.g. "
+                      f"{train.skipped_paths[0]}", flush=True)
             seed = derived_seed(args.seed, epoch, world.rank)
             train.set_epoch(epoch, seed)
             torch.manual_seed(seed)  # augmentation in the main process when -j 0

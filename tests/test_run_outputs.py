@@ -7,18 +7,18 @@ import struct
 
 import pytest
 
-from sparselearning.core.schedules import EDSTSchedule
+from sparselearning.core.schedules import Schedule, edst_schedule
 from sparselearning.errors import UsageError
 from sparselearning.run_outputs import (TensorBoardLog, check_tensorboard, curves_figure, metric_columns,
                                         phases_from_history, plot_curves, write_metrics_csv)
 
 
-def edst_history(epochs: int = 12, explo: int = 3, model_num: int = 3) -> tuple[list[dict], EDSTSchedule]:
-    """Rows shaped as Run.end_of_epoch writes them, for an EDST schedule (phases from EDSTSchedule itself)."""
-    sched = EDSTSchedule(epochs, explo, model_num)
+def edst_history(epochs: int = 12, explo: int = 3, model_num: int = 3) -> tuple[list[dict], Schedule]:
+    """Rows shaped as Run.end_of_epoch writes them, for an EDST schedule (phases from the schedule itself)."""
+    sched = edst_schedule(epochs, explo, model_num, 0.1)
     rows = []
     for e in range(1, epochs + 1):
-        rows.append({"epoch": e, "lr": sched.lr(e, 0.1), "train_loss": 2.0 / e, "train_acc": 0.1 + 0.05 * e,
+        rows.append({"epoch": e, "lr": sched.lr(e), "train_loss": 2.0 / e, "train_acc": 0.1 + 0.05 * e,
                      "val_loss": 2.2 / e + 0.01, "val_acc": 0.08 + 0.05 * e, "phase": sched.phase(e),
                      "density": 0.2, "exploration_rate": 0.2 + 0.01 * e, "training_flops": 1.5e12 * e})
     return rows, sched
