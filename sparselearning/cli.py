@@ -61,6 +61,11 @@ def add_sparse_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--final-death-rate", type=float, default=0.005, help="end value of cosine/linear death-rate schedules")
     g.add_argument("--death-threshold", type=float, default=1e-3, help="|w| threshold of --death threshold")
     g.add_argument("--update-frequency", type=int, default=1000, help="ΔT: optimizer steps between topology updates")
+    g.add_argument("--stop-updates-frac", type=fraction, default=0.0, metavar="F",
+                   help="no periodic topology updates in the last fraction F of every ticket phase (the one phase "
+                        "of a DST run, each EDST/ImageNet refinement phase; EDST's exploration epochs and its "
+                        "re-explorations are not affected), so tickets are not saved with freshly grown weights "
+                        "still zero; 0 = update to the end, as the paper")
     g.add_argument("--PF-rate", dest="PF_rate", type=float, default=0.8, action=Given,
                    help="main_PF.py: global pruning rate of the dense model. Given, it wins; else 1 - --density when "
                         "--density is given; else 0.8. The run folder names the resulting density")

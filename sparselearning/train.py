@@ -264,7 +264,9 @@ class Run:
                                    update_frequency=None if plan.fixed_mask else args.update_frequency,
                                    threshold=args.death_threshold, momentum_beta=args.momentum,
                                    seed=args.seed,  # the same on every rank: every rank draws the same masks
-                                   death_rate_restarts=self.schedule.death_rate_restarts(steps_per_epoch))
+                                   death_rate_restarts=self.schedule.death_rate_restarts(steps_per_epoch),
+                                   no_update_windows=self.schedule.update_free_windows(
+                                       steps_per_epoch, args.stop_updates_frac))
             self.masking.add_module(self.model, **plan.sparse_init)
         shape = (self.spec.in_channels, self.spec.image_size, self.spec.image_size)
         self.profile = profile_model(self.model, shape, list(self.masking.masks) if self.masking else None)

@@ -13,6 +13,9 @@ Semantics, chosen on purpose (see the README's "Decisions"):
   redistribution moves budget between layers. Grown weights start at zero with zero optimizer
   state, and so do pruned-then-regrown ones.
 - Layers allocated fully dense (ERK promotes some) are never pruned or regrown.
+- ``no_update_windows`` (steps, inclusive) switch the periodic updates off, e.g. for the end of every
+  ticket phase (Schedule.update_free_windows), so a ticket is not saved with freshly grown weights
+  still at zero. Default: none (the paper's code updates to the last step). Re-exploration is not affected.
 - Every topology update (periodic or re-exploration) ends with the hooks of ``add_update_hook``,
   e.g. the distributed run's cross-rank mask check.
 """
@@ -72,6 +75,7 @@ class Masking:
                  total_steps: int = 0, final_death_rate: float = 0.005,
                  update_frequency: int | None = 1000, threshold: float = 1e-3,
                  death_rate_restarts: Sequence[int] = (),
+                 no_update_windows: Sequence[tuple[int, int]] = (),
                  momentum_beta: float = 0.9, seed: int = 0, check_invariants: bool = True,
                  layer_types: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear),
                  include: Sequence[str] | None = None, exclude: Sequence[str] = ()):
@@ -83,6 +87,9 @@ class Masking:
             raise ValueError(f"death rate must be in [0, 1), got {death_rate}")
         if update_frequency is not None and update_frequency < 1:
             raise ValueError("update_frequency must be a positive number of steps (or None for a fixed mask)")
+        if any(not 1 <= first <= last for first, last in no_update_windows):
+            raise ValueError(f"no_update_windows must be (first, last) steps with 1 <= first <= last, "
+                             f"got {list(no_update_windows)}")
         self.optimizer = optimizer
         self.base_death_rate = death_rate
         self.death_mode = death_mode
@@ -92,6 +99,7 @@ class Masking:
         self.total_steps = total_steps
         self.final_death_rate = final_death_rate
         self.death_rate_restarts = tuple(sorted(death_rate_restarts))
+        self.no_update_windows = tuple((int(a), int(b)) for a, b in no_update_windows)
         self.update_frequency = update_frequency
         self.threshold = threshold
         self.momentum_beta = momentum_beta
@@ -190,8 +198,11 @@ class Masking:
         zero_outside([t for t, _ in pairs], [m for _, m in pairs])
 
     def is_update_step(self, step: int | None = None) -> bool:
+        """Whether optimizer step `step` (1-based; default the next one) runs a periodic topology update:
+        every update_frequency steps, except inside no_update_windows."""
         step = self.steps + 1 if step is None else step
-        return bool(self.update_frequency) and step % self.update_frequency == 0
+        return (bool(self.update_frequency) and step % self.update_frequency == 0
+                and not any(first <= step <= last for first, last in self.no_update_windows))
 
     def current_death_rate(self) -> float:
         """The scheduled rate at this step; with death_rate_restarts, the schedule starts over after each."""

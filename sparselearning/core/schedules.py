@@ -108,6 +108,22 @@ class Schedule:
         """Optimizer steps after which the death-rate schedule starts over (empty: one schedule)."""
         return tuple(e * steps_per_epoch for e in self.reexplore_epochs) if self.restart_death_rate else ()
 
+    def update_free_windows(self, steps_per_epoch: int, fraction: float) -> tuple[tuple[int, int], ...]:
+        """(first, last) optimizer steps, 1-based and inclusive, without topology updates: the last
+        `fraction` of every ticket phase (RigL's end of updates, applied per phase), rounded to the
+        nearest step. Exploration epochs before the first phase keep updating (no ticket is chosen
+        there); the re-exploration between phases is not a periodic update and still runs.
+        """
+        if fraction <= 0:
+            return ()
+        windows = []
+        for k in range(self.num_tickets):
+            start, end = (e * steps_per_epoch for e in self.phase_bounds(k))
+            quiet = math.floor(fraction * (end - start) + 0.5)
+            if quiet > 0:
+                windows.append((end - quiet + 1, end))
+        return tuple(windows)
+
     def describe(self) -> dict:
         return {"epochs": self.epochs, "warmup_epochs": self.warmup, "exploration_epochs": self.phase_starts[0],
                 "lr_after_epoch": [[e, lr] for e, lr in self.lr_steps],
