@@ -47,8 +47,9 @@ from sparselearning.data.imagenet import (DeviceBatches, ShardSampler, check_roo
 from sparselearning.errors import UsageError, run_cli
 from sparselearning.recipes import sparse_init_of
 from sparselearning.runfolder import run_folder
-from sparselearning.train import (RESUME_FREE_FLAGS, DataSource, Run, RunPlan, evaluate_model, pick_device,
-                                  start_run, train_one_epoch)
+from sparselearning.loop import (compiled_for_training, evaluate_model, pick_device, speed_settings,
+                                 to_channels_last, train_one_epoch)
+from sparselearning.train import RESUME_FREE_FLAGS, DataSource, Run, RunPlan, start_run
 
 PROG = "ImageNet/main.py"
 # flags that may differ between an interrupted run and its --resume (besides the common ones)
@@ -140,7 +141,7 @@ def device_for(args: argparse.Namespace, world: World) -> torch.device:
                              f"start at most {count} processes per node (--nproc_per_node {count})")
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True
+    speed_settings(device, tf32=not args.no_tf32, note=print if world.is_main else None)
     return device
 
 
@@ -212,18 +213,24 @@ def sgd(args: argparse.Namespace):
     return build
 
 
+def imagenet_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
+    model = imagenet_resnet(args.arch, num_classes, 3, args.model_config)
+    return to_channels_last(model) if args.channels_last else model
+
+
 def imagenet_plan(args: argparse.Namespace, schedule: Schedule, defaults: dict, world: World) -> RunPlan:
     device = device_for(args, world)
+    wrap = data_parallel(world, device)
     kind = "dense" if not args.sparse else "static" if args.fix else "EDST" if schedule.num_tickets > 1 else "DST"
     return RunPlan(
         program=PROG, script="imagenet", kind=kind, dataset="imagenet",
         run_dir=run_folder(args.output_dir, args.model, "imagenet", kind, args.seed, args.density,
                            schedule.num_tickets),
         schedule=schedule, device=device, data=imagenet_data(args, world, device),
-        model=lambda spec: imagenet_resnet(args.arch, spec.num_classes, 3, args.model_config), optimizer=sgd(args),
+        model=lambda spec: imagenet_model(args, spec.num_classes), optimizer=sgd(args),
         sparse_init=sparse_init_of(args) if args.sparse else None, fixed_mask=args.fix,
         numbered_tickets=schedule.num_tickets > 1, criterion=nn.CrossEntropyLoss(label_smoothing=args.label_smoothing),
-        topk=(1, 5), world=world, wrap_model=data_parallel(world, device),
+        topk=(1, 5), world=world, wrap_model=compiled_for_training(wrap) if args.compile else wrap,
         progress=world.is_main and not args.no_progress and sys.stderr.isatty(), log_every=args.print_freq,
         resume_free=RESUME_FREE_FLAGS | IMAGENET_RESUME_FREE, flag_defaults=defaults,
         start_note=f", {world.size} process(es), {args.arch} {args.model_config}",

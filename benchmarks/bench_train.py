@@ -31,7 +31,7 @@ from models import get_model
 from sparselearning.data import make_loaders
 from sparselearning.machine import machine_info
 from sparselearning.core.masking import Masking
-from sparselearning.train import autocast_context, train_one_epoch
+from sparselearning.loop import autocast_context, train_one_epoch
 
 
 def main(argv: list[str] | None = None) -> dict:

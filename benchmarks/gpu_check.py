@@ -58,7 +58,7 @@ from sparselearning.core.distributed import assert_masks_in_sync, mask_checksum,
 from sparselearning.core.masking import Masking  # noqa: E402
 from sparselearning.errors import UsageError, run_cli  # noqa: E402
 from sparselearning.machine import machine_info  # noqa: E402
-from sparselearning.train import autocast_context, train_one_epoch  # noqa: E402
+from sparselearning.loop import autocast_context, train_one_epoch  # noqa: E402
 
 SECTIONS = ("throughput_wrn", "throughput_resnet50", "amp", "channels_last", "compile", "host_syncs", "ddp",
             "masks_identical", "fp16_overflow", "imagenet_pipeline")

@@ -134,7 +134,11 @@ def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu")
 
 # --------------------------------------------------------------------------- tickets
 def build_ticket(model: torch.nn.Module, masks: Mapping[str, torch.Tensor] | None, meta: Mapping[str, Any]) -> dict:
-    """A ticket dict for `model`; `masks` maps parameter names to bool masks (None: dense)."""
+    """A ticket dict for `model`; `masks` maps parameter names to bool masks (None: dense).
+
+    A torch.compile'd model is saved as the module it compiles (its names without ``_orig_mod.``).
+    """
+    model = getattr(model, "_orig_mod", model)
     masks = dict(masks or {})
     dense_state, sparse_state = {}, {}
     for name, tensor in model.state_dict().items():

@@ -94,6 +94,13 @@ def common_parser(prog: str, description: str) -> OneLineArgumentParser:
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument("--tensorboard", action="store_true",
                    help="also log every epoch to <run folder>/tensorboard (needs the tensorboard package)")
+    s = parser.add_argument_group("speed (results equal up to float rounding; may change on --resume)")
+    s.add_argument("--no-tf32", action="store_true", help="CUDA: fp32 matmuls and convolutions without TF32 "
+                                                           "(allowed by default; cudnn autotuning is always on)")
+    s.add_argument("--channels-last", action="store_true", help="model and input batches in channels_last memory "
+                                                                 "format (faster convolutions on tensor cores)")
+    s.add_argument("--compile", action="store_true", help="torch.compile the model for training (the first steps "
+                                                           "compile); tickets and last.pth stay plain state_dicts")
     add_sparse_args(parser)
     return parser
 

@@ -13,7 +13,8 @@ from .cli import schedule_for
 from .data import DatasetSpec, make_loaders
 from .errors import UsageError
 from .runfolder import run_folder
-from .train import DataSource, RunPlan, pick_device
+from .loop import compiled_for_training, pick_device, speed_settings, to_channels_last
+from .train import DataSource, RunPlan
 
 
 def cifar_kind(script: str, args: argparse.Namespace) -> str:
@@ -34,6 +35,7 @@ def sparse_init_of(args: argparse.Namespace) -> dict:
 def cifar_plan(script: str, args: argparse.Namespace, flag_defaults: dict) -> RunPlan:
     """main_<script>.py's run: torchvision-format data in memory, a registry model, SGD or Adam, the paper's plan."""
     device = pick_device(args.device)
+    speed_settings(device, tf32=not args.no_tf32)
     kind = cifar_kind(script, args)
     density = 1 - args.PF_rate if script == "PF" else args.density
     run_dir = run_folder(args.output_dir, args.model, args.data, kind, args.seed, density,
@@ -46,8 +48,9 @@ def cifar_plan(script: str, args: argparse.Namespace, flag_defaults: dict) -> Ru
         return DataSource(spec, train, val, generator=gen)
 
     def model(spec: DatasetSpec) -> nn.Module:
-        return get_model(args.model, num_classes=spec.num_classes, in_channels=spec.in_channels,
-                         image_size=spec.image_size)
+        net = get_model(args.model, num_classes=spec.num_classes, in_channels=spec.in_channels,
+                        image_size=spec.image_size)
+        return to_channels_last(net) if args.channels_last else net
 
     def optimizer(net: nn.Module) -> torch.optim.Optimizer:
         if args.optimizer == "sgd":
@@ -68,6 +71,7 @@ def cifar_plan(script: str, args: argparse.Namespace, flag_defaults: dict) -> Ru
                    schedule=schedule_for(script, args), device=device, data=data, model=model, optimizer=optimizer,
                    sparse_init=sparse_init, fixed_mask=args.fix or script == "PF", numbered_tickets=script == "EDST",
                    prepare_model=(lambda net, spec: load_pretrained(net, spec, args)) if script == "PF" else None,
+                   wrap_model=compiled_for_training() if args.compile else None,
                    progress=not args.no_progress, flag_defaults=flag_defaults, fresh_resume_note=fresh_note)
 
 

@@ -12,19 +12,17 @@ The CIFAR scripts' parts are in ``cifar_plan``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from .core.distributed import World, mask_sync_hook
@@ -33,6 +31,7 @@ from .core.masking import Masking
 from .core.schedules import Schedule
 from .data import DatasetSpec
 from .errors import MaskDesyncError, UsageError
+from .loop import NonFiniteLossError, autocast_context, dense_gradients, evaluate_model, train_one_epoch
 from .provenance import provenance
 from .run_outputs import (CURVES_PNG, METRICS_CSV, TENSORBOARD_DIR, TensorBoardLog, curves_title, plot_curves,
                           write_metrics_csv)
@@ -40,116 +39,8 @@ from .runfolder import RunLock, file_id, fmt_density
 
 # flags that may differ between an interrupted run and its --resume
 RESUME_FREE_FLAGS = frozenset({"resume", "overwrite", "device", "no_cuda", "workers", "log_interval", "data_dir",
-                               "output_dir", "no_progress", "amp", "tensorboard"})
-
-
-class NonFiniteLossError(RuntimeError):
-    pass
-
-
-# ---------------------------------------------------------------------------------- small helpers
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but CUDA is not available; use --device cpu or auto")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def autocast_context(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA when supported, else fp16 (with a GradScaler); no-op on the CPU."""
-    if not enabled or device.type != "cuda":
-        return contextlib.nullcontext, None
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
-
-
-# ---------------------------------------------------------------------------------- one epoch
-def train_one_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Optimizer,
-                    masking: Masking | None, flops: FlopsAccountant | None, *, autocast=contextlib.nullcontext,
-                    scaler=None, criterion: Callable = F.cross_entropy, before_step: Callable[[int], None] | None = None,
-                    after_step: Callable[[int, torch.Tensor], None] | None = None, epoch: int = 0,
-                    progress: bool = True, desc: str = "train", total: int | None = None) -> dict:
-    """Train over `batches`; returns mean loss/accuracy and the last batch (for dense gradients).
-
-    masking.step() replaces optimizer.step() for sparse models; a non-finite loss stops the run.
-    before_step(i) runs before step i (e.g. a warm-up LR), after_step(i, loss) after it (the
-    detached loss, still on the device).
-    """
-    model.train()
-    loss_sum = torch.zeros((), dtype=torch.float64)
-    correct = torch.zeros((), dtype=torch.int64)
-    seen = 0
-    last = None
-    bar = tqdm(batches, total=total, desc=desc, leave=False, disable=not progress, mininterval=1.0)
-    for i, (x, y) in enumerate(bar):
-        if before_step is not None:
-            before_step(i)
-        optimizer.zero_grad(set_to_none=True)
-        with autocast():
-            out = model(x)
-            loss = criterion(out, y)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"the loss became {loss.item()} at epoch {epoch}, step {i + 1}; the last "
-                                     f"complete checkpoint and the saved tickets are intact - lower --lr")
-        (scaler.scale(loss) if scaler is not None else loss).backward()
-        step = (lambda: scaler.step(optimizer)) if scaler is not None else optimizer.step
-        updated = masking.step(step) if masking is not None else (step() or False)
-        if scaler is not None:
-            scaler.update()
-        if flops is not None:
-            if updated:
-                flops.add_step(x.shape[0], dense_grad=masking.growth_mode == "gradient")
-                flops.set_densities(masking.layer_densities())
-            else:
-                flops.add_step(x.shape[0])
-        loss_sum += loss.detach().double().cpu() * x.shape[0]
-        correct += (out.detach().argmax(1) == y).sum().cpu()
-        seen += x.shape[0]
-        last = (x, y)
-        if after_step is not None:
-            after_step(i, loss.detach())
-    bar.close()
-    return {"loss": float(loss_sum) / max(seen, 1), "acc": float(correct) / max(seen, 1), "last_batch": last}
-
-
-@torch.no_grad()
-def evaluate_model(model: nn.Module, batches: Iterable, *, autocast=contextlib.nullcontext,
-                   criterion: Callable = F.cross_entropy, topk: tuple[int, ...] = (1,),
-                   all_sum: Callable[[list[float]], list[float]] | None = None) -> dict:
-    """Mean loss, top-1 accuracy ("acc") and "top<k>" for every other k in `topk`, and "images".
-
-    Sums, so the last partial batch counts fully; `all_sum` (e.g. World.all_sum) adds the sums of
-    every data-parallel rank, each evaluating its own shard, before the means are taken.
-    """
-    model.eval()
-    ks = [k for k in topk if k != 1]
-    loss_sum, correct, hits, seen = 0.0, 0, [0] * len(ks), 0
-    for x, y in batches:
-        with autocast():
-            out = model(x)
-        loss_sum += float(criterion(out.float(), y, reduction="sum"))
-        correct += int((out.argmax(1) == y).sum())
-        if ks:
-            top = out.topk(min(max(ks), out.shape[1]), dim=1).indices
-            hits = [h + int((top[:, :k] == y[:, None]).any(1).sum()) for h, k in zip(hits, ks)]
-        seen += x.shape[0]
-    if all_sum is not None:
-        loss_sum, correct, *hits, seen = all_sum([loss_sum, correct, *hits, seen])
-    n = max(seen, 1)
-    return {"loss": loss_sum / n, "acc": correct / n, **{f"top{k}": h / n for k, h in zip(ks, hits)},
-            "images": int(seen)}
-
-
-def dense_gradients(model: nn.Module, batch, *, autocast=contextlib.nullcontext, criterion=F.cross_entropy) -> None:
-    """Fill every .grad with the dense gradient of one batch (for gradient growth at re-exploration)."""
-    model.train()
-    model.zero_grad(set_to_none=True)
-    x, y = batch
-    with autocast():
-        loss = criterion(model(x), y)
-    loss.backward()
+                               "output_dir", "no_progress", "amp", "tensorboard", "no_tf32", "channels_last",
+                               "compile"})
 
 
 # ---------------------------------------------------------------------------------- the parts of a run
@@ -534,7 +425,7 @@ class Run:
         event = ""
         if self.schedule.reexplore_after(epoch) and self.masking and not self.args.fix:
             batch = train_stats["last_batch"]
-            dense_gradients(self.net, batch, autocast=self.autocast, criterion=self.plan.criterion)
+            dense_gradients(self.net, batch, autocast=self.autocast, criterion=self.plan.criterion, scaler=self.scaler)
             removed = self.masking.reexplore(self.args.large_death_rate)
             self.flops.add_dense_gradient_batch(batch[0].shape[0])
             self.flops.set_densities(self.masking.layer_densities())

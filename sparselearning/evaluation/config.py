@@ -75,7 +75,7 @@ def parse_modes(text: str) -> tuple[list[str], bool]:
 
 def choose_device(name: str) -> torch.device:
     """auto | cpu | cuda | cuda:<k>, with the training engine's rule (auto = CUDA when present)."""
-    from ..train import pick_device
+    from ..loop import pick_device
 
     dev = str(name).lower()
     if dev not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", dev):

@@ -39,11 +39,11 @@ def forward_logits(model: torch.nn.Module, images: torch.Tensor, spec, batch_siz
     model.eval()
     with torch.inference_mode(), progress(images.shape[0], desc) as bar:
         for x, _ in loader:
-            outs.append(model(x).float().cpu())
+            outs.append(model(x).float())  # kept on the device: one copy to the host at the end
             bar.update(x.shape[0])
     if not outs:
         raise UsageError(f"{desc}: no images to evaluate")
-    return torch.cat(outs)
+    return torch.cat(outs).cpu()
 
 
 def imagenet_logits(model: torch.nn.Module, data_dir: str, spec, batch_size: int, device: torch.device,
