@@ -163,3 +163,33 @@ def test_loaded_ticket_round_trip_is_accepted(box):
 
     path = box["base"] / "one" / "seed=1" / "model.pth"
     check_ticket(load_ticket(path), path)
+
+
+def test_workers_flag_is_checked_and_progress_can_be_off(box, tmp_path, capsys):
+    out_dir = tmp_path / "ev"
+    code, out, err = _run(_argv(box["base"] / "one", box, "-j", "-1", "--output-dir", str(out_dir)), capsys)
+    assert_one_line_error(code, err, "--workers")
+    assert not out_dir.exists()
+    code, out, err = _run(_argv(box["base"] / "one", box, "-j", "0", "--no-progress", "--output-dir", str(out_dir)),
+                          capsys)
+    assert code == 0, err
+    assert (out_dir / "results_latest.json").is_file()
+
+
+def test_imagenet_logits_use_the_given_workers(monkeypatch):
+    """-j reaches the ImageNet val loader (it was fixed at 4)."""
+    from sparselearning.data import imagenet as imagenet_data
+    from sparselearning.evaluation import logits as L
+
+    seen = {}
+
+    def fake_val_batches(root, image_size, batch_size, device, **kw):
+        seen.update(kw)
+        return [(torch.zeros(2, 3, 8, 8), torch.zeros(2, dtype=torch.int64))], None
+
+    monkeypatch.setattr(imagenet_data, "imagenet_val_batches", fake_val_batches)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5))
+    spec = type("Spec", (), {"image_size": 8, "mean": (0.5,) * 3, "std": (0.5,) * 3})()
+    out = L.imagenet_logits(model, "root", spec, 2, torch.device("cpu"), None, 2, "val", workers=7,
+                            show_progress=False)
+    assert seen["workers"] == 7 and out.shape == (2, 5) and out.device.type == "cpu"

@@ -28,7 +28,7 @@ _IGNORED_FLAGS = [
     ("--growth", {}), ("--death", {}), ("--redistribution", {}), ("--death-rate", dict(type=float)),
     ("--large-death-rate", dict(type=float)), ("--PF-rate", dict(type=float)), ("--density", dict(type=float)),
     ("--sparse", dict(action="store_true")), ("--fix", dict(action="store_true")), ("--sparse-init", {}),
-    ("--update-frequency", dict(type=int)), ("-j", dict(type=int)),
+    ("--update-frequency", dict(type=int)),
 ]
 
 
@@ -71,6 +71,10 @@ def _add_eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=17,
                    help="seed of the OoD subsets and noise, generated corruptions and the t-SNE subset")
     p.add_argument("--test-batch-size", type=int, default=128, help="evaluation batch size")
+    p.add_argument("-j", "--workers", type=int, default=4,
+                   help="data-loading processes for ImageNet's val/ (streamed from its image files; the in-memory "
+                        "datasets need none)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--data-dir", default=None, help="datasets in torchvision's layout (default: ./data)")
     p.add_argument("--no-download", dest="download", action="store_false",
                    help="never download a missing dataset (without it, one is downloaded into --data-dir)")
@@ -112,9 +116,7 @@ def build_parser() -> OneLineArgumentParser:
     for flag, kw in _IGNORED_FLAGS:
         if kw.get("action") != "store_true":
             kw = {**kw, "metavar": "V"}
-        names = [flag] if flag != "-j" else ["-j", "--workers"]
-        dest = "ignored_" + ("workers" if flag == "-j" else flag.strip("-").replace("-", "_"))
-        g.add_argument(*names, dest=dest, help="ignored", **kw)
+        g.add_argument(flag, dest="ignored_" + flag.strip("-").replace("-", "_"), help="ignored", **kw)
     return p
 
 
@@ -126,7 +128,8 @@ def config_from_args(args, argv: Sequence[str] | None = None) -> EvalConfig:
     device = "cpu" if args.no_cuda else args.device
     return EvalConfig(
         resume=args.resume, modes=modes, dataset=args.dataset, model=args.model, seed=args.seed,
-        test_batch_size=args.test_batch_size, data_dir=args.data_dir, device=device, ece_bins=args.ece_bins,
+        test_batch_size=args.test_batch_size, workers=args.workers, progress=not args.no_progress,
+        data_dir=args.data_dir, device=device, ece_bins=args.ece_bins,
         ood_data=_comma_list(args.ood_data), ood_score=list(dict.fromkeys(scores)), cf_c_path=args.cf_c_path,
         corruptions=args.corruptions, tsne_samples=args.tsne_samples, output_dir=args.output_dir,
         no_cache=args.no_cache, download=args.download,

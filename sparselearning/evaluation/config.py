@@ -35,6 +35,8 @@ class EvalConfig:
     model: str | None = None
     seed: int = 17
     test_batch_size: int = 128
+    workers: int = 4  # data-loading processes for ImageNet's val/ (streamed from its files)
+    progress: bool = True
     data_dir: str | None = None
     device: str = "auto"
     ece_bins: int = 15
@@ -96,6 +98,8 @@ def validate_config(cfg: EvalConfig) -> torch.device:
     if cfg.ece_bins > hi:
         raise UsageError(f"--ece-bins {cfg.ece_bins} is too many; use {lo}..{hi} bins (e.g. 15)")
     _positive_int(cfg.test_batch_size, "--test-batch-size", "128")
+    if not isinstance(cfg.workers, int) or cfg.workers < 0:
+        raise UsageError(f"-j/--workers must be 0 or more, got {cfg.workers}; e.g. -j 4")
     _positive_int(cfg.tsne_samples, "--tsne-samples", "1000")
     for s in cfg.ood_score:
         if s not in OOD_SCORES:

@@ -21,15 +21,16 @@ from .tickets import Entry, build_model
 __all__ = ["forward_logits", "fingerprint", "adapt_images", "Source", "LogitStore"]
 
 
-def progress(total: int, desc: str):
+def progress(total: int, desc: str, enabled: bool = True):
+    """A progress bar on stderr (shown on a terminal only, and never when not enabled)."""
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="img", leave=False, disable=None, file=sys.stderr,
-                dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit="img", leave=False, disable=None if enabled else True,
+                file=sys.stderr, dynamic_ncols=True)
 
 
 def forward_logits(model: torch.nn.Module, images: torch.Tensor, spec, batch_size: int,
-                   device: torch.device, desc: str = "forward") -> torch.Tensor:
+                   device: torch.device, desc: str = "forward", show_progress: bool = True) -> torch.Tensor:
     """Logits (N, C) float32 on the CPU of ``model`` on uint8 ``images`` normalised with ``spec``."""
     from ..data import BatchLoader
 
@@ -37,7 +38,7 @@ def forward_logits(model: torch.nn.Module, images: torch.Tensor, spec, batch_siz
     loader = BatchLoader(images, dummy, batch_size, shuffle=False, augment=False, spec=spec, device=device)
     outs = []
     model.eval()
-    with torch.inference_mode(), progress(images.shape[0], desc) as bar:
+    with torch.inference_mode(), progress(images.shape[0], desc, show_progress) as bar:
         for x, _ in loader:
             outs.append(model(x).float())  # kept on the device: one copy to the host at the end
             bar.update(x.shape[0])
@@ -47,18 +48,19 @@ def forward_logits(model: torch.nn.Module, images: torch.Tensor, spec, batch_siz
 
 
 def imagenet_logits(model: torch.nn.Module, data_dir: str, spec, batch_size: int, device: torch.device,
-                    classes, n: int, desc: str) -> torch.Tensor:
-    """Logits on ImageNet's val split, streamed from the ImageFolder root (too large to hold in memory)."""
+                    classes, n: int, desc: str, workers: int = 4, show_progress: bool = True) -> torch.Tensor:
+    """Logits on ImageNet's val split, images streamed from the ImageFolder root by `workers` processes."""
     from ..data.imagenet import imagenet_val_batches
 
     batches, _ = imagenet_val_batches(data_dir, spec.image_size, batch_size, device, mean=spec.mean, std=spec.std,
-                                      classes=classes)
+                                      classes=classes, workers=workers)
     outs = []
-    with torch.inference_mode(), progress(n, desc) as bar:
+    model.eval()
+    with torch.inference_mode(), progress(n, desc, show_progress) as bar:
         for x, _ in batches:
-            outs.append(model(x).float().cpu())
+            outs.append(model(x).float())  # kept on the device (50k x 1000 floats: 200 MB): one copy at the end
             bar.update(x.shape[0])
-    return torch.cat(outs)
+    return torch.cat(outs).cpu()
 
 
 def fingerprint(*tensors: torch.Tensor) -> str:
@@ -116,11 +118,13 @@ class LogitStore:
     """
 
     def __init__(self, cache_dir: Path, num_classes: int, device: torch.device, batch_size: int, use_cache: bool,
-                 out: Callable[[str], None], specs: dict, models: dict | None = None):
+                 out: Callable[[str], None], specs: dict, models: dict | None = None, workers: int = 4,
+                 show_progress: bool = True):
         self.cache_dir = cache_dir
         self.num_classes = num_classes
         self.device = device
         self.batch_size = batch_size
+        self.workers, self.show_progress = workers, show_progress
         self.use_cache = use_cache
         self.out = out
         self.specs = specs
@@ -162,9 +166,10 @@ class LogitStore:
         desc = f"{e.name} on {source.desc}"
         if source.imagenet_dir is not None:
             return imagenet_logits(model, source.imagenet_dir, spec, self.batch_size, self.device,
-                                   e.ticket.get("class_names"), source.n, desc)
+                                   e.ticket.get("class_names"), source.n, desc, self.workers, self.show_progress)
         images = adapt_images(source.images(), spec.in_channels, spec.image_size)
-        return forward_logits(model, images, spec, self.batch_size, self.device, desc=desc)
+        return forward_logits(model, images, spec, self.batch_size, self.device, desc=desc,
+                              show_progress=self.show_progress)
 
     def logits(self, e: Entry, source: Source, keep_model: bool = True) -> torch.Tensor:
         """(N, C) float32 logits of one ticket on one input set."""

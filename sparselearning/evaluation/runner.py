@@ -127,7 +127,8 @@ class Evaluation:
         models = {e.sha256: build_model(e, self.device) for e in self.members}
         self._check_modes(root)
         self.store = LogitStore(self.out_dir / "cache" / self.dataset, self.test.spec.num_classes, self.device,
-                                c.test_batch_size, not c.no_cache, self.out, specs, models)
+                                c.test_batch_size, not c.no_cache, self.out, specs, models, workers=c.workers,
+                                show_progress=c.progress)
         self.store.keep.add(self.test.source.key)
 
     # ------------------------------------------------------------------ modes
