@@ -72,7 +72,8 @@ def imagenet_flags() -> argparse.ArgumentParser:
                    help="epochs of linear per-iteration LR warm-up (not given: 5 scaled to --epochs / 310, shorter "
                         "than the run)")
     g.add_argument("--label-smoothing", type=fraction, default=0.1, help="CrossEntropyLoss label smoothing")
-    g.add_argument("--weight-decay", "--wd", dest="weight_decay", type=float, default=1e-4)
+    g.add_argument("--weight-decay", "--wd", dest="weight_decay", type=float, default=1e-4,
+                   help="SGD weight decay (not on BatchNorm parameters unless --bn-weight-decay)")
     g.add_argument("--bn-weight-decay", action="store_true", help="also apply weight decay to BatchNorm parameters")
     g.add_argument("--reexplore-epochs", default="100,170,240", action=Given,
                    help="after these completed epochs, re-explore with --large-death-rate and start a new ticket "

@@ -14,11 +14,13 @@ import argparse
 import math
 from pathlib import Path
 
+from models import MODEL_NAMES
+
 from .core import schedules
 from .core.masking import DEATH_MODES, GROWTH_MODES, REDISTRIBUTION_MODES
 from .core.schedules import DEATH_SCHEDULES, Schedule
-from .run_outputs import check_tensorboard
 from .errors import OneLineArgumentParser, UsageError
+from .run_outputs import check_tensorboard
 
 SCRIPTS = ("individual", "DST", "EDST", "PF")
 DEFAULT_EPOCHS = {"individual": 250, "DST": 250, "EDST": 450, "PF": 250}
@@ -77,9 +79,9 @@ def common_parser(prog: str, description: str) -> OneLineArgumentParser:
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = parser.add_argument_group("training")
     g.add_argument("-b", "--batch-size", type=int, default=128, help="batch size (per process under torchrun)")
-    g.add_argument("--epochs", type=int, default=250)
+    g.add_argument("--epochs", type=int, default=250, help="training epochs (before --multiplier)")
     g.add_argument("--lr", type=float, default=0.1, help="base learning rate (not scaled with the world size)")
-    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (also the beta of momentum growth)")
     g.add_argument("--seed", type=int, default=17, help="model init, masks, data order (the same on every rank)")
     g.add_argument("--multiplier", type=int, default=1, help="train multiplier x epochs (schedule stretched too)")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto picks CUDA when present")
@@ -112,11 +114,12 @@ def build_parser(script: str) -> OneLineArgumentParser:
     parser = common_parser(f"main_{script}.py", _DESCRIPTIONS[script])
     parser.set_defaults(epochs=DEFAULT_EPOCHS[script])
     g = parser.add_argument_group("CIFAR / MNIST")
-    g.add_argument("--model", default="", help="model name (see models.MODEL_NAMES), e.g. wrn-28-10")
+    g.add_argument("--model", default="", metavar="MODEL",
+                   help="model (required): " + ", ".join(MODEL_NAMES))
     g.add_argument("--data", default="cifar10", help="cifar10 | cifar100 | fashionmnist | mnist")
     g.add_argument("--data-dir", default="./data", help="dataset root in torchvision's on-disk layout")
-    g.add_argument("--test-batch-size", type=int, default=128)
-    g.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
+    g.add_argument("--test-batch-size", type=int, default=128, help="batch size of validation passes")
+    g.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"], help="optimizer (weight decay: --l2)")
     g.add_argument("--l2", type=float, default=5e-4, help="weight decay")
     g.add_argument("--valid_split", "--valid-split", dest="valid_split", type=float, default=0.1,
                    help="tail fraction of the training set used for model selection")
@@ -228,8 +231,6 @@ def validate(script: str, args: argparse.Namespace) -> None:
 
     Resolves main_PF.py's pruning rate (see --PF-rate) in place.
     """
-    from models import MODEL_NAMES
-
     from .data import SPECS
 
     given = given_flags(args)

@@ -1,0 +1,42 @@
+"""--help of every script: each flag has a help line that shows its default; --model lists the models."""
+import argparse
+import importlib.util
+
+import pytest
+
+from conftest import REPO
+from models import MODEL_NAMES
+from sparselearning.cli import build_parser
+from sparselearning.evaluation.cli import build_parser as eval_parser
+
+
+def imagenet_parser():
+    spec = importlib.util.spec_from_file_location("imagenet_main", REPO / "ImageNet" / "main.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.imagenet_flags()
+
+
+PARSERS = {**{f"main_{s}.py": (lambda s=s: build_parser(s)) for s in ("individual", "DST", "EDST", "PF")},
+           "ImageNet/main.py": imagenet_parser, "ensemble_freetickets.py": eval_parser}
+
+
+@pytest.mark.parametrize("script", list(PARSERS))
+def test_every_flag_has_help_with_its_default(script):
+    parser = PARSERS[script]()
+    text = parser.format_help()
+    for action in parser._actions:
+        if not action.option_strings or action.help == argparse.SUPPRESS or isinstance(action, argparse._HelpAction):
+            continue
+        assert action.help, f"{script} {action.option_strings} has no help line"
+        if action.default is not argparse.SUPPRESS:
+            shown = parser._get_formatter()._get_help_string(action)
+            assert "%(default)" in shown or "default" in shown, f"{script} {action.option_strings} hides its default"
+    assert "(default:" in text
+
+
+@pytest.mark.parametrize("script", [s for s in PARSERS if s.startswith("main_")])
+def test_model_help_lists_the_models(script):
+    text = " ".join(PARSERS[script]().format_help().split())
+    for name in MODEL_NAMES:
+        assert name in text.replace("- ", "-"), name
