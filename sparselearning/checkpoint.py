@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import stat
 import tempfile
 import warnings
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .errors import UsageError
+from .errors import UsageError, signals_deferred
 
 TICKET_FORMAT = "freetickets-ticket"
 TICKET_VERSION = 1
@@ -62,37 +63,40 @@ def _atomic_write(path: str | os.PathLike, write, mode: str) -> None:
     """Write through `write(fh)` to a temporary file in the same folder, fsync, then rename over `path`.
 
     A crash at any moment leaves either the old file or the new one, never a partial file (a killed
-    writer can leave a hidden ``.<name>.*.tmp``, which no loader reads and RunLock removes). An
-    OSError (full disk, unwritable folder) becomes a WriteError naming `path`.
+    writer can leave a hidden ``.<name>.*.tmp``, which no loader reads and RunLock removes). SIGINT
+    and SIGTERM wait until the new file is in place (errors.signals_deferred): stopping a job keeps
+    the checkpoint it was writing. An OSError (full disk, unwritable folder) becomes a WriteError
+    naming `path`.
     """
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as err:
-        raise WriteError(path, err) from None
-    try:
-        with os.fdopen(fd, mode) as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
+    with signals_deferred():
         try:
-            os.unlink(tmp)
-        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        except OSError as err:
+            raise WriteError(path, err) from None
+        try:
+            with os.fdopen(fd, mode) as fh:
+                write(fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException as exc:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            if isinstance(exc, OSError):
+                raise WriteError(path, exc) from None
+            raise
+        try:  # make the rename itself durable
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError:
             pass
-        if isinstance(exc, OSError):
-            raise WriteError(path, exc) from None
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
@@ -105,11 +109,25 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> None:
     _atomic_write(path, lambda fh: fh.write(text), "w")
 
 
+def refuse_special_file(path: str | os.PathLike, what: str = "checkpoint") -> None:
+    """UsageError if `path` exists but is no regular file or folder (a FIFO, socket or device would block
+    the loader or be replaced by the next save)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # missing (or a dangling link): the caller says so
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device or special file"
+        raise UsageError(f"{what} {path} is {kind}, not a regular file; pass a checkpoint file (.pth) written by "
+                         f"these scripts")
+
+
 def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
     """torch.load with weights_only=True; any unreadable or unsafe file becomes a UsageError."""
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"{path} is a folder, not a checkpoint file; pass the .pth file")
+    refuse_special_file(path)
     if not path.is_file():
         raise UsageError(f"checkpoint {path} does not exist; check the path")
     try:

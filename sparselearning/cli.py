@@ -25,6 +25,7 @@ from .run_outputs import check_tensorboard
 SCRIPTS = ("individual", "DST", "EDST", "PF")
 DEFAULT_EPOCHS = {"individual": 250, "DST": 250, "EDST": 450, "PF": 250}
 IGNORED = "(ignored; kept so the paper's command lines run)"
+MAX_TOTAL_EPOCHS = 10 ** 6  # --epochs x --multiplier beyond this is a typo, not a run
 GIVEN = "_given_flags"  # namespace attribute: the dests of Given flags that were on the command line
 
 
@@ -209,6 +210,15 @@ def validate_common(args: argparse.Namespace) -> None:
                          "--overwrite replaces it; pass one of them")
     for name in ("epochs", "batch_size", "multiplier", "update_frequency"):
         _positive(name, getattr(args, name))
+    if args.epochs * args.multiplier > MAX_TOTAL_EPOCHS:
+        raise UsageError(f"--epochs {args.epochs} x --multiplier {args.multiplier} = {args.epochs * args.multiplier} "
+                         f"epochs, more than {MAX_TOTAL_EPOCHS:,}; lower --epochs or --multiplier")
+    if not 0 <= args.seed < 2 ** 63:  # what every RNG here takes (torch.manual_seed overflows beyond 64 bits)
+        raise UsageError(f"--seed must be in [0, 2**63), got {args.seed}; pick a smaller seed")
+    if args.erk_power_scale < 0:
+        raise UsageError(f"--erk-power-scale must be 0 (uniform) or more, got {args.erk_power_scale}")
+    if args.death_threshold < 0:
+        raise UsageError(f"--death-threshold is a magnitude |w|: it must be 0 or more, got {args.death_threshold}")
     if args.workers < 0:
         raise UsageError(f"--workers must be 0 or more, got {args.workers}")
     if args.tensorboard:
@@ -257,6 +267,12 @@ def validate(script: str, args: argparse.Namespace) -> None:
                              f"raise --epochs or lower --model-num")
     if script in ("DST", "EDST") and not args.sparse:
         raise UsageError(f"main_{script}.py trains sparse networks: add --sparse (use main_individual.py for dense)")
+    if script == "EDST" and args.fix:
+        raise UsageError("main_EDST.py --fix would train M tickets from one mask, with no re-exploration between "
+                         "them: drop --fix, or use main_DST.py --sparse --fix for a static sparse network")
+    if script == "individual" and args.fix and not args.sparse:
+        raise UsageError("--fix keeps a sparse mask fixed, but this run is dense: add --sparse for a static sparse "
+                         "network, or drop --fix")
     if script == "PF":
         if not args.pretrained:
             raise UsageError("main_PF.py needs a dense checkpoint: pass --pretrained FILE (from main_individual.py)")
@@ -295,7 +311,8 @@ def _epoch_list(text: str, flag: str) -> list[int]:
     try:
         return [int(t) for t in text.split(",")]
     except ValueError:
-        raise UsageError(f"--{flag} {text!r} is not a comma-separated list of epochs (e.g. 100,170,240)") from None
+        raise UsageError(f"--{flag} {text!r} is not a comma-separated list of epochs; pass one such as "
+                         f"100,170,240") from None
 
 
 def _lr_steps(text: str) -> list[tuple[int, float]]:
@@ -308,7 +325,8 @@ def _lr_steps(text: str) -> list[tuple[int, float]]:
             e, f = item.split(":")
             steps.append((int(e), float(f)))
         except ValueError:
-            raise UsageError(f"--lr-steps item {item!r} is not EPOCH:FACTOR (e.g. 30:0.1,60:0.01)") from None
+            raise UsageError(f"--lr-steps item {item!r} is not EPOCH:FACTOR; pass pairs such as "
+                              f"30:0.1,60:0.01") from None
     return steps
 
 
@@ -317,6 +335,8 @@ def validate_imagenet(args: argparse.Namespace) -> str | None:
     paper's 310-epoch schedule scaled to --epochs (written into `args`); returns a note saying so, if any."""
     given = given_flags(args)
     validate_common(args)
+    if args.fix and not args.sparse:
+        raise UsageError("--fix keeps a sparse mask fixed, but --dense trains no mask: drop one of them")
     reexplore_given, steps_given = "reexplore_epochs" in given, "lr_steps" in given
     reexplore, steps, warmup = schedules.paper_imagenet_plan(args.epochs)
     derived = []

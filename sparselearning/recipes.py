@@ -94,6 +94,11 @@ def load_pretrained(model: nn.Module, spec: DatasetSpec, args: argparse.Namespac
         raise UsageError(f"--pretrained {path} holds no model weights; pass a dense checkpoint from "
                          f"main_individual.py")
     state = {k.removeprefix("module."): v for k, v in state.items()}
+    bad = next((k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point()
+                and not torch.isfinite(v).all()), None)
+    if bad is not None:  # else the first loss is NaN and the message blames the learning rate
+        raise UsageError(f"--pretrained {path} holds non-finite weights (NaN or inf in {bad[:80]}); it comes from a "
+                         f"run that diverged - pass a checkpoint of a run that trained normally")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:

@@ -19,7 +19,9 @@ KINDS = ("dense", "sparse", "static", "DST", "EDST", "PF")
 
 
 def fmt_density(d: float) -> str:
-    return f"{round(d, 6):g}"
+    """The density in a folder name: 12 significant digits, so that densities a run can tell apart never share a
+    folder (1e-07 and 4e-07 do not), while 1 - 0.8 (0.19999999999999996) is still density_0.2."""
+    return f"{d:.12g}"
 
 
 def run_folder(output_dir: str | os.PathLike, model: str, dataset: str, kind: str, seed: int,

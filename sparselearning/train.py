@@ -116,9 +116,11 @@ class Run:
         args, last = self.args, self.run_dir / "last.pth"
         if isinstance(args.resume, str):
             path = Path(args.resume)
+            ckpt.refuse_special_file(path, "--resume")
             if not path.is_file():
                 raise UsageError(f"--resume {path}: no such checkpoint; give the run's last.pth or plain --resume")
         elif args.resume:
+            ckpt.refuse_special_file(last, "the run's checkpoint")
             if not last.is_file():
                 self.note(self.plan.fresh_resume_note or f"note: nothing to resume in {self.run_dir}; starting a "
                                                          f"new run")

@@ -7,6 +7,7 @@ each one has a folder of its own. ImageNet/main.py cases run when that script ex
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -19,7 +20,7 @@ from typing import Callable
 import pytest
 import torch
 
-from conftest import (REPO, assert_one_line_error, tree_state, write_cifar10, write_fashion_mnist,
+from helpers import (REPO, assert_one_line_error, tree_state, write_cifar10, write_fashion_mnist,
                       write_imagefolder)
 from models import get_model
 from sparselearning import checkpoint as ckpt
@@ -73,6 +74,36 @@ def _file(rel: str, data: bytes) -> Callable[[Path, dict], None]:
     return setup
 
 
+def _fifo(rel: str) -> Callable[[Path, dict], None]:
+    """A named pipe where a checkpoint is expected (opening it to read would block until a writer comes)."""
+    def setup(box: Path, w: dict) -> None:
+        (box / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.mkfifo(box / rel)
+    return setup
+
+
+def _damaged_ticket(damage: Callable[[dict], dict]) -> Callable[[Path, dict], None]:
+    """runs/seed=1: a good ticket; runs/seed=2: the same ticket, damaged."""
+    def setup(box: Path, w: dict) -> None:
+        good = ckpt.load_ticket(w["dst_ticket"])
+        ckpt.atomic_save(good, box / "runs" / "seed=1" / "model.pth")
+        ckpt.atomic_save(damage(good), box / "runs" / "seed=2" / "model.pth")
+    return setup
+
+
+def _short_values(t: dict) -> dict:
+    name = next(iter(t["sparse_state"]))
+    entry = {**t["sparse_state"][name], "values": t["sparse_state"][name]["values"][:-3]}
+    return {**t, "sparse_state": {**t["sparse_state"], name: entry}}
+
+
+def _nan_weight(t: dict) -> dict:
+    name = next(iter(t["dense_state"]))
+    bad = t["dense_state"][name].clone()
+    bad.view(-1)[0] = math.nan
+    return {**t, "dense_state": {**t["dense_state"], name: bad}}
+
+
 def _mnist_truncated(box: Path, w: dict) -> None:
     raw = box / "bad_data" / "MNIST" / "raw"
     shutil.copytree(w["data"] / "FashionMNIST" / "raw", raw)
@@ -113,6 +144,8 @@ def _cifar_label_minus_1(box: Path, w: dict) -> None:
 
 
 RUN_DST = "out/cnn-small/fashionmnist/density_0.05/DST/seed=5"  # where TRAIN + --sparse writes
+HUGE_SEED = "99999999999999999999999"  # beyond 64 bits: torch.manual_seed overflows
+EDST = ["--sparse", "--epochs", "3", "--epochs-explo", "1", "--model-num", "2"]
 
 CASES = [
     # ---------------------------------------------------------------- main_individual.py: numbers, names, data
@@ -211,6 +244,64 @@ CASES = [
                                                                   "{box}/afile"], ("is a file",), _file("afile", b"x")),
     Case("eval-dataset-missing", "ensemble_freetickets.py", ["--resume", "{w}/mnist_ticket.pth", "--data-dir",
                                                              "{box}/nodata"], ("MNIST", "not found")),
+    # ---------------------------------------------------------------- issue 15: what still ended in a traceback
+    Case("ind-seed-beyond-64-bits", "main_individual.py", ["--seed", HUGE_SEED], ("--seed must be in [0, 2**63)",)),
+    Case("dst-seed-beyond-64-bits", "main_DST.py", ["--sparse", "--seed", HUGE_SEED], ("--seed must be in",)),
+    Case("edst-seed-beyond-64-bits", "main_EDST.py", [*EDST, "--seed", HUGE_SEED], ("--seed must be in",)),
+    Case("pf-seed-beyond-64-bits", "main_PF.py", ["--sparse", "--pretrained", "{w}/dst_ticket.pth", "--seed",
+                                                  HUGE_SEED], ("--seed must be in",)),
+    Case("dst-seed-negative", "main_DST.py", ["--sparse", "--seed", "-1"], ("--seed must be in [0, 2**63), got -1",)),
+    Case("pf-pretrained-nan", "main_PF.py", ["--sparse", "--pretrained", "{w}/nan_state.pt"],
+         ("nan_state.pt holds non-finite weights", "features.0.weight")),
+    Case("dst-final-death-rate-5", "main_DST.py", ["--sparse", "--decay-schedule", "cosine", "--final-death-rate",
+                                                   "5"], ("--final-death-rate must be in [0, 1)",)),
+    Case("dst-erk-power-scale-negative", "main_DST.py", ["--sparse", "--erk-power-scale", "-5"],
+         ("--erk-power-scale must be 0 (uniform) or more",)),
+    Case("dst-death-threshold-negative", "main_DST.py", ["--sparse", "--death", "threshold", "--death-threshold",
+                                                         "-1"], ("--death-threshold", "0 or more")),
+    Case("ind-multiplier-huge", "main_individual.py", ["--multiplier", "1000000000"],
+         ("--multiplier 1000000000", "lower --epochs or --multiplier")),
+    Case("pf-pretrained-fifo", "main_PF.py", ["--sparse", "--pretrained", "{box}/model.pth"],
+         ("model.pth is a FIFO, not a regular file",), _fifo("model.pth")),
+    Case("dst-resume-fifo", "main_DST.py", ["--sparse", "--resume", "{box}/last.pth"],
+         ("last.pth is a FIFO, not a regular file",), _fifo("last.pth")),
+    Case("dst-resume-fifo-in-run-folder", "main_DST.py", ["--sparse", "--resume"],
+         ("last.pth is a FIFO, not a regular file",), _fifo(f"{RUN_DST}/last.pth")),
+    Case("eval-ticket-fifo", "ensemble_freetickets.py", ["--resume", "{box}/runs"],
+         ("seed=2/model.pth is a FIFO",), _all(_copy("dst_ticket", "runs/seed=1/model.pth"),
+                                               _fifo("runs/seed=2/model.pth"))),
+    Case("edst-fix", "main_EDST.py", [*EDST, "--fix"], ("main_EDST.py --fix", "use main_DST.py --sparse --fix")),
+    Case("ind-fix-without-sparse", "main_individual.py", ["--fix"], ("--fix", "add --sparse", "drop --fix")),
+    # ---------------------------------------------------------------- moved here from test_train.py
+    Case("dst-density-above-one", "main_DST.py", ["--sparse", "--density", "1.5"], ("--density",)),
+    Case("dst-density-zero", "main_DST.py", ["--sparse", "--density", "0"], ("--density",)),
+    Case("dst-death-rate-one", "main_DST.py", ["--sparse", "--death-rate", "1.0"], ("--death-rate",)),
+    Case("edst-epochs-explo-all", "main_EDST.py", ["--sparse", "--epochs", "5", "--epochs-explo", "5"],
+         ("--epochs-explo",)),
+    Case("edst-model-num-zero", "main_EDST.py", ["--sparse", "--model-num", "0"], ("--model-num",)),
+    Case("dst-model-unknown", "main_DST.py", ["--sparse", "--model", "resnet9000"], ("unknown model",)),
+    Case("dst-data-unknown", "main_DST.py", ["--sparse", "--data", "imagenet21k"], ("unknown dataset",)),
+    Case("pf-no-pretrained", "main_PF.py", ["--sparse", "--fix"], ("--pretrained",)),
+    Case("dst-without-sparse", "main_DST.py", ["--density", "0.2"], ("--sparse",)),
+    Case("dst-growth-unknown", "main_DST.py", ["--sparse", "--growth", "bogus"], ("--growth",)),
+    Case("dst-dataset-missing", "main_DST.py", ["--sparse", "--data", "cifar100", "--data-dir", "{box}/no_cifar"],
+         ("CIFAR-100",), _mkdir("no_cifar")),
+    # ---------------------------------------------------------------- moved here from test_evaluation_*.py
+    Case("eval-compare-empty-folder", "ensemble_freetickets.py", ["--compare", "{box}/runs", "{box}/empty"],
+         ("empty holds no tickets",), _all(_copy("dst_ticket", "runs/seed=1/model.pth"), _mkdir("empty"))),
+    Case("eval-neither-resume-nor-compare", "ensemble_freetickets.py", [], ("--resume", "--compare")),
+    Case("eval-ticket-values-shorter-than-mask", "ensemble_freetickets.py", ["--resume", "{box}/runs"],
+         ("seed=2/model.pth", "values for a mask of"), _damaged_ticket(_short_values)),
+    Case("eval-ticket-image-size-zero", "ensemble_freetickets.py", ["--resume", "{box}/runs"],
+         ("seed=2/model.pth", "image_size 0"), _damaged_ticket(lambda t: {**t, "image_size": 0})),
+    Case("eval-ticket-nan-weight", "ensemble_freetickets.py", ["--resume", "{box}/runs"],
+         ("seed=2/model.pth", "non-finite weights"), _damaged_ticket(_nan_weight)),
+    Case("eval-ticket-std-zero", "ensemble_freetickets.py", ["--resume", "{box}/runs"],
+         ("seed=2/model.pth", "normalisation std"),
+         _damaged_ticket(lambda t: {**t, "normalization": {"mean": [0.286], "std": [0.0]}})),
+    Case("eval-ticket-std-negative", "ensemble_freetickets.py", ["--resume", "{box}/runs"],
+         ("seed=2/model.pth", "normalisation std"),
+         _damaged_ticket(lambda t: {**t, "normalization": {"mean": [0.286], "std": [-1.0]}})),
 ]
 IMAGENET_CASES = [
     Case("imagenet-arch-unknown", "ImageNet/main.py", ["-a", "resnet9", "{img}"], ("resnet9",)),
@@ -221,6 +312,27 @@ IMAGENET_CASES = [
          ("garbage.pth is not a", "checkpoint")),
     Case("imagenet-resume-a-cifar-run", "ImageNet/main.py", ["--resume", "{w}/dst_last.pth", "{img}"],
          ("other settings",)),
+    Case("imagenet-seed-beyond-64-bits", "ImageNet/main.py", ["--seed", HUGE_SEED, "{img}"], ("--seed must be in",)),
+    Case("imagenet-final-death-rate-5", "ImageNet/main.py", ["--final-death-rate", "5", "{img}"],
+         ("--final-death-rate must be in [0, 1)",)),
+    Case("imagenet-erk-power-scale-negative", "ImageNet/main.py", ["--erk-power-scale", "-5", "{img}"],
+         ("--erk-power-scale",)),
+    Case("imagenet-death-threshold-negative", "ImageNet/main.py", ["--death-threshold", "-1", "{img}"],
+         ("--death-threshold",)),
+    Case("imagenet-multiplier-huge", "ImageNet/main.py", ["--multiplier", "1000000000", "{img}"],
+         ("--multiplier 1000000000",)),
+    Case("imagenet-dense-fix", "ImageNet/main.py", ["--dense", "--fix", "{img}"], ("--fix", "--dense")),
+    Case("imagenet-resume-fifo", "ImageNet/main.py", ["--resume", "{box}/last.pth", "{img}"],
+         ("last.pth is a FIFO",), _fifo("last.pth")),
+    # ---------------------------------------------------------------- moved here from test_imagenet.py
+    Case("imagenet-reexplore-beyond-epochs", "ImageNet/main.py", ["--epochs", "4", "--reexplore-epochs", "2,5",
+                                                                  "{img}"], ("--reexplore-epochs",)),
+    Case("imagenet-lr-steps-garbled", "ImageNet/main.py", ["--lr-steps", "x", "{img}"], ("EPOCH:FACTOR",)),
+    Case("imagenet-batch-above-images", "ImageNet/main.py", ["-b", "1000", "{img}"], ("fewer than one batch",)),
+    Case("imagenet-warmup-whole-run", "ImageNet/main.py", ["--epochs", "4", "--warmup", "4", "{img}"], ("--warmup",)),
+    Case("imagenet-data-missing", "ImageNet/main.py", ["{box}/nowhere"], ("train/ and val/",)),
+    Case("imagenet-train-without-val", "ImageNet/main.py", ["{box}/partial"], ("no val/ folder",),
+         _mkdir("partial/train")),
 ]
 if IMAGENET.exists():
     CASES += IMAGENET_CASES
@@ -230,6 +342,14 @@ def _argv(case: Case) -> list[str]:
     base = {"main_individual.py": TRAIN, "main_DST.py": TRAIN, "main_EDST.py": TRAIN, "main_PF.py": TRAIN,
             "ensemble_freetickets.py": EVAL, "ImageNet/main.py": IMNET}[case.script]
     return [*base, *case.args]  # argparse: a repeated flag's later value wins
+
+
+def _nan_state() -> dict:
+    """A cnn-small state_dict of a run that diverged: its first conv weights are NaN."""
+    state = get_model("cnn-small", 10, 1, 28).state_dict()
+    first = next(k for k in state if k.endswith("weight"))
+    state[first] = torch.full_like(state[first], math.nan)
+    return state
 
 
 @pytest.fixture(scope="module")
@@ -255,6 +375,7 @@ def world(tmp_path_factory):
         "lenet_state.pt": lambda p: torch.save(get_model("lenet5", 10, 1, 28).state_dict(), p),
         "ticket_100.pth": lambda p: ckpt.atomic_save({**ticket, "num_classes": 100}, p),
         "mnist_ticket.pth": lambda p: ckpt.atomic_save({**ticket, "dataset": "mnist"}, p),
+        "nan_state.pt": lambda p: torch.save(_nan_state(), p),
         "garbage.pth": lambda p: p.write_bytes(b"this is not a checkpoint\n" * 10),
         "empty.pth": lambda p: p.write_bytes(b""),
         "trunc_last.pth": lambda p: p.write_bytes(w["dst_last"].read_bytes()[:4000]),
@@ -318,3 +439,18 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case_id, results):
 
 def test_shared_inputs_unchanged(results):
     assert results["shared_unchanged"]
+
+
+def test_tiny_densities_get_folders_of_their_own():
+    """--density 1e-7 and 4e-7 used to share density_0 (rounded to 6 decimals): one run refused the other's folder
+    as 'already holds a run', or resumed it. Usual densities keep their names; 1 - 0.8 is still density_0.2."""
+    from sparselearning.runfolder import run_folder
+
+    def name(d: float) -> str:
+        return run_folder("r", "m", "cifar10", "DST", 1, d).parent.parent.name
+
+    assert [name(d) for d in (0.2, 0.05, 1.0, 1 - 0.8, 0.5)] == ["density_0.2", "density_0.05", "density_1",
+                                                                 "density_0.2", "density_0.5"]
+    tiny = [1e-7, 4e-7, 1e-9, 1.5e-7, 0.1234567]
+    assert [name(d) for d in tiny] == ["density_1e-07", "density_4e-07", "density_1e-09", "density_1.5e-07",
+                                       "density_0.1234567"]

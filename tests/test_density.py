@@ -47,7 +47,7 @@ def test_erk_power_scale_zero_is_uniform(wrn28_10_shapes):
 @settings(max_examples=25, deadline=None)
 @given(density=st.floats(0.01, 1.0), widen=st.integers(1, 4))
 def test_allocation_hits_target_and_stays_in_range(mode, density, widen):
-    from conftest import wrn_shapes
+    from helpers import wrn_shapes
 
     shapes = wrn_shapes(widen=widen, blocks=2)
     d = allocate_densities(mode, shapes, density)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, assert_one_line_error, write_fashion_mnist
+from helpers import REPO, assert_one_line_error, write_fashion_mnist
 from models import get_model
 from sparselearning.checkpoint import atomic_save, build_ticket, load_ticket
 from sparselearning.errors import run_cli
@@ -57,13 +57,6 @@ def _argv(root: Path, box, *more: str) -> list[str]:
     return ["--mode", "predict", "--resume", str(root), "--data-dir", str(box["data"]), "--no-download", *more]
 
 
-def _short_values(t: dict) -> dict:
-    name = next(iter(t["sparse_state"]))
-    entry = dict(t["sparse_state"][name])
-    entry["values"] = entry["values"][:-3]
-    return {**t, "sparse_state": {**t["sparse_state"], name: entry}}
-
-
 def _nan_weight(t: dict) -> dict:
     name = next(iter(t["dense_state"]))
     bad = t["dense_state"][name].clone()
@@ -71,22 +64,7 @@ def _nan_weight(t: dict) -> dict:
     return {**t, "dense_state": {**t["dense_state"], name: bad}}
 
 
-@pytest.mark.parametrize("case, damage, needle", [
-    ("values-shorter-than-mask", _short_values, "values for a mask of"),
-    ("image-size-zero", lambda t: {**t, "image_size": 0}, "image_size 0"),
-    ("nan-weight", _nan_weight, "non-finite weights"),
-    ("std-zero", lambda t: {**t, "normalization": {"mean": [0.286], "std": [0.0]}}, "normalisation std"),
-    ("std-negative", lambda t: {**t, "normalization": {"mean": [0.286], "std": [-1.0]}}, "normalisation std"),
-])
-def test_damaged_ticket_is_refused_before_any_output(box, tmp_path, capsys, case, damage, needle):
-    root = tmp_path / case
-    bad = root / "seed=2" / "model.pth"
-    atomic_save(box["good"], root / "seed=1" / "model.pth")
-    atomic_save(damage(box["good"]), bad)
-    code, out, err = _run(_argv(root, box), capsys)
-    line = assert_one_line_error(code, err, str(bad), needle)
-    assert "Traceback" not in line
-    assert sorted(p.name for p in root.iterdir()) == ["seed=1", "seed=2"]  # no eval/ folder left behind
+# Damaged tickets in a folder given to --resume: tests/test_bad_inputs.py (the table).
 
 
 def test_damaged_snapshot_is_refused_before_any_output(box, tmp_path, capsys):

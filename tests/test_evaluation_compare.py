@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import assert_one_line_error, write_fashion_mnist
+from helpers import write_fashion_mnist
 from models import get_model
 from sparselearning.checkpoint import atomic_save, build_ticket
 from sparselearning.errors import run_cli
@@ -86,16 +86,4 @@ def test_compare_evaluates_then_tabulates(runs, capsys):
     assert row["training_flops_relative"] == pytest.approx(0.05)
 
 
-def test_compare_bad_folder_is_one_line_and_writes_nothing(runs, tmp_path, capsys):
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    for folder, needle in ((tmp_path / "missing", "is not a folder"), (empty, "holds no tickets")):
-        code, out, err = _run(["--compare", str(runs["dense"]), str(folder), "--data-dir", str(runs["data"]),
-                               "--no-download", "--output-dir", str(tmp_path / "out")], capsys)
-        assert_one_line_error(code, err, str(folder), needle)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
-
-
-def test_neither_resume_nor_compare_is_one_line(capsys):
-    code, out, err = _run(["--mode", "predict"], capsys)
-    assert_one_line_error(code, err, "--resume", "--compare")
+# Bad folders and flags (one line, exit 2, nothing written): tests/test_bad_inputs.py.

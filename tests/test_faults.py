@@ -9,11 +9,11 @@
 - A full disk or an unwritable run folder while saving: one stderr line naming the path, the previous
   checkpoint intact, and ``--resume`` finishes the run as if nothing happened.
 
-The killed runs are real processes started as users start them, through a small bootstrap (``BOOT`` below, passed
-with ``python -c``) that only observes and pauses: it logs every atomic save to an events file and, when asked,
-holds the process in the middle of one save (half the bytes written to the temporary file), right after one,
-before one training step, or while it builds data and model, so that the kill (or a second run) lands exactly
-there. Nothing in the production code knows about it.
+The killed runs are real processes started as users start them, through a small bootstrap (``BOOT`` in helpers.py,
+passed with ``python -c``) that only observes and pauses: it logs every atomic save to an events file and, when
+asked, holds the process in the middle of one save (half the bytes written to the temporary file), right after one,
+before one training step, or while it builds data and model, so that the kill (or a second run) lands exactly there.
+Nothing in the production code knows about it.
 """
 from __future__ import annotations
 
@@ -32,99 +32,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, assert_one_line_error, tree_state, write_fashion_mnist
+from helpers import REPO, Proc, assert_one_line_error, assert_same_run, tree_state, write_fashion_mnist
 from models import get_model
 from sparselearning import checkpoint as ckpt
 from sparselearning import train as T
 from sparselearning.errors import run_cli
 from sparselearning.evaluation import discover_tickets
 
-BOOT = r"""
-import io, os, runpy, sys, time
-import torch
-from sparselearning import checkpoint as _ck
-from sparselearning import train as _tr
-
-_EVENTS, _PAUSE, _RELEASE = os.environ["FT_EVENTS"], os.environ.get("FT_PAUSE", ""), os.environ.get("FT_RELEASE", "")
-_counts, _current = {}, [None]
-_save, _atomic_save, _train_one_epoch, _build = torch.save, _ck.atomic_save, _tr.train_one_epoch, _tr.Run.build
-
-
-def _event(text):
-    with open(_EVENTS, "a") as fh:
-        fh.write(text + "\n")
-
-
-def _hold():
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if _RELEASE and os.path.exists(_RELEASE):
-            return
-        time.sleep(0.02)
-    _event("hold timed out")
-    os._exit(97)
-
-
-def _paused_save(obj, f, *args, **kwargs):
-    if _current[0] is not None and _PAUSE == "during:" + _current[0]:
-        buf = io.BytesIO()
-        _save(obj, buf, *args, **kwargs)
-        data = buf.getvalue()
-        f.write(data[: len(data) // 2])  # a half-written temporary file, on disk
-        f.flush()
-        os.fsync(f.fileno())
-        _event("paused during " + _current[0])
-        _hold()
-        f.write(data[len(data) // 2:])
-        return None
-    return _save(obj, f, *args, **kwargs)
-
-
-def _observed_atomic_save(obj, path):
-    name = os.path.basename(os.fspath(path))
-    _counts[name] = _counts.get(name, 0) + 1
-    _current[0] = tag = f"{name}#{_counts[name]}"
-    _event("begin " + tag)
-    try:
-        _atomic_save(obj, path)
-    finally:
-        _current[0] = None
-    _event("end " + tag)
-    if _PAUSE == "after:" + tag:
-        _event("paused after " + tag)
-        _hold()
-
-
-def _observed_epoch(model, batches, *args, epoch=0, **kwargs):
-    if _PAUSE.startswith("step:") and int(_PAUSE.split(":")[1]) == epoch:
-        stop = int(_PAUSE.split(":")[2])
-
-        def held(batches=batches):
-            for i, batch in enumerate(batches):
-                if i + 1 == stop:
-                    _event(f"paused at epoch {epoch} step {stop}")
-                    _hold()
-                yield batch
-
-        batches = held()
-    return _train_one_epoch(model, batches, *args, epoch=epoch, **kwargs)
-
-
-def _observed_build(self):
-    if _PAUSE == "build":
-        _event("paused in build")
-        _hold()
-    return _build(self)
-
-
-torch.save = _paused_save
-_ck.atomic_save = _observed_atomic_save
-_tr.train_one_epoch = _observed_epoch
-_tr.Run.build = _observed_build
-sys.argv = sys.argv[1:]
-_event("start")
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
 
 SEED = 3
 CONFIGS = {  # script, flags, run folder under <output-dir>/cnn-small/fashionmnist/
@@ -200,37 +114,6 @@ def env(tmp_path_factory):
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-class Proc:
-    """A training script started as a user starts it, through BOOT (see the module docstring)."""
-
-    def __init__(self, folder: Path, script: str, args: list[str], pause: str = "", tag: str = "p"):
-        self.events = folder / f"events-{tag}.txt"
-        self.stdout = folder / f"stdout-{tag}.txt"
-        self.release = folder / f"release-{tag}"
-        env = {**os.environ, "FT_EVENTS": str(self.events), "FT_PAUSE": pause, "FT_RELEASE": str(self.release)}
-        with open(self.stdout, "w") as fh:
-            self.p = subprocess.Popen([sys.executable, "-c", BOOT, str(REPO / script), *args], cwd=REPO, env=env,
-                                      stdout=fh, stderr=subprocess.STDOUT)
-
-    def lines(self) -> list[str]:
-        return self.events.read_text().splitlines() if self.events.exists() else []
-
-    def wait_for(self, line: str, timeout: float = 240) -> bool:
-        """True once `line` is logged; False if the process ended first."""
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if line in self.lines():
-                return True
-            if self.p.poll() is not None:
-                return line in self.lines()
-            time.sleep(0.01)
-        self.p.kill()
-        raise AssertionError(f"timed out waiting for {line!r}; output:\n{self.stdout.read_text()[-3000:]}")
-
-    def output(self) -> str:
-        return self.stdout.read_text()
-
-
 def kill_at(proc: Proc, step: tuple, rng: random.Random) -> str | None:
     """SIGKILL the process at `step`; where it landed, or None if the process ended before."""
     kind = step[0]
@@ -284,35 +167,6 @@ def check_files_after_kill(run_dir: Path) -> tuple[int | None, list[str]]:
         ckpt.load_ticket(t)
     last = run_dir / "last.pth"
     return (int(ckpt.safe_load(last)["epoch"]) if last.exists() else None), leftovers
-
-
-def same(a, b) -> bool:
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
-    return a == b
-
-
-def assert_same_run(run_dir: Path, ref_dir: Path) -> None:
-    """Tickets, snapshots, the final resume state and the history equal the uninterrupted run's, bit for bit."""
-    names = sorted(p.relative_to(ref_dir).as_posix() for p in ref_dir.rglob("*.pth"))
-    assert sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*.pth")) == names
-    assert not [p for p in run_dir.rglob("*") if p.name.endswith(".tmp")]
-    for name in names:
-        if name == "last.pth":
-            a, b = ckpt.safe_load(ref_dir / name), ckpt.safe_load(run_dir / name)
-            for key in ("epoch", "model", "optimizer", "masking", "rng", "best", "history", "flops"):
-                assert same(a[key], b[key]), (name, key)
-            continue
-        a, b = ckpt.load_ticket(ref_dir / name), ckpt.load_ticket(run_dir / name)
-        assert same(ckpt.ticket_state_dict(a), ckpt.ticket_state_dict(b)), name
-        assert same(ckpt.ticket_masks(a), ckpt.ticket_masks(b)), name
-        assert (a["epoch"], a["val_acc"], a["val_loss"]) == (b["epoch"], b["val_acc"], b["val_loss"]), name
-    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (ref_dir, run_dir))
-    assert sb["status"] == "finished" and sa["history"] == sb["history"] and sa["tickets"] == sb["tickets"]
 
 
 def in_process(script: str, argv: list[str], capsys) -> tuple[int, str, str]:

@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, assert_one_line_error, run_script
+from helpers import REPO, assert_one_line_error, run_script
 from sparselearning.errors import UsageError
 
 

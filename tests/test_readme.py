@@ -4,7 +4,7 @@ import shlex
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 from sparselearning.cli import build_parser, validate
 
 SCRIPTS = {"main_individual.py": "individual", "main_DST.py": "DST", "main_EDST.py": "EDST", "main_PF.py": "PF"}

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, assert_one_line_error, tree_state, write_fashion_mnist, write_imagefolder
+from helpers import REPO, assert_one_line_error, tree_state, write_fashion_mnist, write_imagefolder
 from sparselearning import checkpoint as ckpt
 from sparselearning.errors import UsageError
 from sparselearning.train import main as train_main

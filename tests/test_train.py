@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_script, write_cifar10
+from helpers import run_script, write_cifar10
 from sparselearning import checkpoint as ckpt
 from sparselearning.core.schedules import edst_schedule
 from sparselearning.cli import build_parser, parser_defaults, validate
@@ -176,40 +176,5 @@ def test_existing_run_is_never_overwritten(fmnist_dir, tmp_path):
     assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
 
 
-BAD = [
-    ("main_DST.py", ["--sparse", "--density", "1.5"], "--density"),
-    ("main_DST.py", ["--sparse", "--density", "0"], "--density"),
-    ("main_DST.py", ["--sparse", "--death-rate", "1.0"], "--death-rate"),
-    ("main_EDST.py", ["--sparse", "--epochs", "5", "--epochs-explo", "5"], "--epochs-explo"),
-    ("main_EDST.py", ["--sparse", "--model-num", "0"], "--model-num"),
-    ("main_DST.py", ["--sparse", "--model", "resnet9000"], "unknown model"),
-    ("main_DST.py", ["--sparse", "--data", "imagenet21k"], "unknown dataset"),
-    ("main_PF.py", ["--sparse", "--fix"], "--pretrained"),
-    ("main_DST.py", ["--density", "0.2"], "--sparse"),
-    ("main_DST.py", ["--sparse", "--growth", "bogus"], "--growth"),
-]
-
-
-@pytest.mark.parametrize("script,extra,needle", BAD)
-def test_bad_input_one_line_exit_2_nothing_written(script, extra, needle, fmnist_dir, tmp_path):
-    out = tmp_path / "results"
-    base = common(fmnist_dir, out, "--epochs", "1")
-    args = base + extra
-    if "--model" in extra:  # the later flag wins in argparse; keep the bad value
-        pass
-    r = run_script(script, *args)
-    assert r.returncode == 2, r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr
-    assert not out.exists()
-
-
-def test_missing_dataset_one_line(tmp_path):
-    out = tmp_path / "results"
-    r = run_script("main_DST.py", "--sparse", "--model", "cnn-small", "--data", "cifar100", "--data-dir",
-                   str(tmp_path / "nowhere"), "--output-dir", str(out), "--epochs", "1")
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
-    assert not out.exists()
-
-
+# Bad input (one line, exit 2, nothing written): tests/test_bad_inputs.py.
 # Killed runs resumed bit-identically: tests/test_faults.py (kills land at exact, observed points).

@@ -1,0 +1,299 @@
+"""Shared test helpers, imported by the tests directly (conftest.py keeps only fixtures).
+
+- tiny datasets in the real on-disk formats: Fashion-MNIST idx files, CIFAR-10 pickles, an ImageFolder;
+- running the scripts as users do (``run_script``), and the checks of a bad-input run (``assert_one_line_error``,
+  ``tree_state``);
+- ``BOOT`` and ``Proc``: a training script started through a small bootstrap that logs every atomic save and can
+  hold the process at an exact point (used by test_faults.py and test_signals.py).
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import math
+import os
+import pickle
+import stat
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sparselearning import checkpoint as ckpt
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def wrn_shapes(widen: int = 10, blocks: int = 4, classes: int = 10) -> dict[str, tuple]:
+    """Conv/Linear weight shapes of a WRN-(6*blocks+4)-widen, written out independently of models/."""
+    shapes = {"conv1.weight": (16, 3, 3, 3)}
+    chans = [16, 16 * widen, 32 * widen, 64 * widen]
+    for b in range(3):
+        cin, cout = chans[b], chans[b + 1]
+        for i in range(blocks):
+            shapes[f"block{b + 1}.layer.{i}.conv1.weight"] = (cout, cin if i == 0 else cout, 3, 3)
+            shapes[f"block{b + 1}.layer.{i}.conv2.weight"] = (cout, cout, 3, 3)
+            if i == 0:
+                shapes[f"block{b + 1}.layer.0.convShortcut.weight"] = (cout, cin, 1, 1)
+    shapes["fc.weight"] = (classes, 64 * widen)
+    return shapes
+
+
+def numel(shape):
+    return math.prod(shape)
+
+
+# ------------------------------------------------------------------ tiny datasets in real on-disk formats
+def _idx_bytes(array: np.ndarray) -> bytes:
+    dtype_code = 0x08  # unsigned byte
+    header = struct.pack(">HBB", 0, dtype_code, array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def _learnable_images(n: int, classes: int, shape: tuple, rng: np.random.Generator):
+    """Images whose class is visible (a bright block at a class-specific place) plus noise."""
+    labels = rng.integers(0, classes, n)
+    images = rng.integers(0, 60, (n, *shape)).astype(np.uint8)
+    h = shape[-2]
+    for i, c in enumerate(labels):
+        r = (c * 3) % (h - 6)
+        images[i, ..., r:r + 6, 4:12] = 220
+    return images, labels
+
+
+def write_fashion_mnist(root: Path, n_train: int = 300, n_test: int = 100, seed: int = 0) -> Path:
+    """FashionMNIST/raw/*.gz as torchvision lays them out."""
+    rng = np.random.default_rng(seed)
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        x, y = _learnable_images(n, 10, (28, 28), rng)
+        (raw / f"{split}-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(x)))
+        (raw / f"{split}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(y)))
+    return root
+
+
+def write_cifar10(root: Path, per_batch: int = 60, n_test: int = 60, seed: int = 0) -> Path:
+    """cifar-10-batches-py/ pickles (data_batch_1..5, test_batch) in the release's format."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, n in [(f"data_batch_{i}", per_batch) for i in range(1, 6)] + [("test_batch", n_test)]:
+        x, y = _learnable_images(n, 10, (3, 32, 32), rng)
+        with open(folder / name, "wb") as fh:
+            pickle.dump({b"data": x.reshape(n, -1), b"labels": [int(v) for v in y]}, fh)
+    return root
+
+
+def run_script(*args, cwd=None, timeout=600):
+    """Run a repository script as a user would; returns CompletedProcess."""
+    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd or REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+# ------------------------------------------------------------------ reliability checks
+def tree_state(*roots: Path) -> dict[str, tuple]:
+    """Every file and folder under `roots` -> (kind, size, sha256): compare before/after to prove nothing changed."""
+    state = {}
+    for root in roots:
+        root = Path(root)
+        if not root.exists():
+            state[str(root)] = ("missing",)
+            continue
+        for p in sorted([root, *root.rglob("*")]):
+            if p.is_symlink():
+                state[str(p)] = ("link", str(p.readlink()))
+            elif p.is_dir():
+                state[str(p)] = ("dir",)
+            elif not p.is_file():  # a FIFO or socket: reading it would block
+                state[str(p)] = ("special", stat.S_IFMT(p.lstat().st_mode))
+            else:
+                data = p.read_bytes()
+                state[str(p)] = ("file", len(data), hashlib.sha256(data).hexdigest())
+    return state
+
+
+def assert_one_line_error(returncode: int, stderr: str, *needles: str) -> str:
+    """Exit code 2, exactly one non-empty stderr line containing every needle, no traceback; returns the line."""
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert returncode == 2, f"exit code {returncode}, stderr:\n{stderr[-3000:]}"
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert len(lines) == 1, f"{len(lines)} stderr lines:\n{stderr[-3000:]}"
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not in: {lines[0]}"
+    return lines[0]
+
+
+def write_imagefolder(root: Path, classes=("n01", "n02"), per_class: int = 4, size=(20, 24)) -> Path:
+    """A tiny ImageNet-style root: train/<class>/*.png and val/<class>/*.png."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in classes:
+            folder = root / split / c
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 255, (*size, 3)).astype(np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+# ------------------------------------------------------------------ observed training processes
+BOOT = r"""
+import io, os, runpy, sys, time
+import torch
+from sparselearning import checkpoint as _ck
+from sparselearning import train as _tr
+
+_EVENTS, _PAUSE, _RELEASE = os.environ["FT_EVENTS"], os.environ.get("FT_PAUSE", ""), os.environ.get("FT_RELEASE", "")
+_counts, _current = {}, [None]
+_save, _atomic_save, _train_one_epoch, _build = torch.save, _ck.atomic_save, _tr.train_one_epoch, _tr.Run.build
+
+
+def _event(text):
+    with open(_EVENTS, "a") as fh:
+        fh.write(text + "\n")
+
+
+def _hold():
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if _RELEASE and os.path.exists(_RELEASE):
+            return
+        time.sleep(0.02)
+    _event("hold timed out")
+    os._exit(97)
+
+
+def _paused_save(obj, f, *args, **kwargs):
+    if _current[0] is not None and _PAUSE == "during:" + _current[0]:
+        buf = io.BytesIO()
+        _save(obj, buf, *args, **kwargs)
+        data = buf.getvalue()
+        f.write(data[: len(data) // 2])  # a half-written temporary file, on disk
+        f.flush()
+        os.fsync(f.fileno())
+        _event("paused during " + _current[0])
+        _hold()
+        f.write(data[len(data) // 2:])
+        return None
+    return _save(obj, f, *args, **kwargs)
+
+
+def _observed_atomic_save(obj, path):
+    name = os.path.basename(os.fspath(path))
+    _counts[name] = _counts.get(name, 0) + 1
+    _current[0] = tag = f"{name}#{_counts[name]}"
+    _event("begin " + tag)
+    try:
+        _atomic_save(obj, path)
+    finally:
+        _current[0] = None
+    _event("end " + tag)
+    if _PAUSE == "after:" + tag:
+        _event("paused after " + tag)
+        _hold()
+
+
+def _observed_epoch(model, batches, *args, epoch=0, **kwargs):
+    if _PAUSE.startswith("step:") and int(_PAUSE.split(":")[1]) == epoch:
+        stop = int(_PAUSE.split(":")[2])
+
+        def held(batches=batches):
+            for i, batch in enumerate(batches):
+                if i + 1 == stop:
+                    _event(f"paused at epoch {epoch} step {stop}")
+                    _hold()
+                yield batch
+
+        batches = held()
+    return _train_one_epoch(model, batches, *args, epoch=epoch, **kwargs)
+
+
+def _observed_build(self):
+    if _PAUSE == "build":
+        _event("paused in build")
+        _hold()
+    return _build(self)
+
+
+torch.save = _paused_save
+_ck.atomic_save = _observed_atomic_save
+_tr.train_one_epoch = _observed_epoch
+_tr.Run.build = _observed_build
+sys.argv = sys.argv[1:]
+_event("start")
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+class Proc:
+    """A training script started as a user starts it, through BOOT.
+
+    pause: where BOOT holds the process ("during:<file>#<n>", "after:<file>#<n>", "step:<epoch>:<step>",
+    "build"); touching `release` lets it go on. stderr goes to the stdout file unless split_stderr.
+    """
+
+    def __init__(self, folder: Path, script: str, args: list[str], pause: str = "", tag: str = "p",
+                 split_stderr: bool = False):
+        self.events = folder / f"events-{tag}.txt"
+        self.stdout = folder / f"stdout-{tag}.txt"
+        self.stderr = folder / f"stderr-{tag}.txt"
+        self.release = folder / f"release-{tag}"
+        env = {**os.environ, "FT_EVENTS": str(self.events), "FT_PAUSE": pause, "FT_RELEASE": str(self.release)}
+        with open(self.stdout, "w") as out, open(self.stderr, "w") as err:
+            self.p = subprocess.Popen([sys.executable, "-c", BOOT, str(REPO / script), *args], cwd=REPO, env=env,
+                                      stdout=out, stderr=err if split_stderr else subprocess.STDOUT)
+
+    def lines(self) -> list[str]:
+        return self.events.read_text().splitlines() if self.events.exists() else []
+
+    def wait_for(self, line: str, timeout: float = 240) -> bool:
+        """True once `line` is logged; False if the process ended first."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if line in self.lines():
+                return True
+            if self.p.poll() is not None:
+                return line in self.lines()
+            time.sleep(0.01)
+        self.p.kill()
+        raise AssertionError(f"timed out waiting for {line!r}; output:\n{self.stdout.read_text()[-3000:]}")
+
+    def output(self) -> str:
+        return self.stdout.read_text()
+
+
+# ------------------------------------------------------------------ comparing runs
+def same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def assert_same_run(run_dir: Path, ref_dir: Path) -> None:
+    """Tickets, snapshots, the final resume state and the history equal the uninterrupted run's, bit for bit."""
+    names = sorted(p.relative_to(ref_dir).as_posix() for p in ref_dir.rglob("*.pth"))
+    assert sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*.pth")) == names
+    assert not [p for p in run_dir.rglob("*") if p.name.endswith(".tmp")]
+    for name in names:
+        if name == "last.pth":
+            a, b = ckpt.safe_load(ref_dir / name), ckpt.safe_load(run_dir / name)
+            for key in ("epoch", "model", "optimizer", "masking", "rng", "best", "history", "flops"):
+                assert same(a[key], b[key]), (name, key)
+            continue
+        a, b = ckpt.load_ticket(ref_dir / name), ckpt.load_ticket(run_dir / name)
+        assert same(ckpt.ticket_state_dict(a), ckpt.ticket_state_dict(b)), name
+        assert same(ckpt.ticket_masks(a), ckpt.ticket_masks(b)), name
+        assert (a["epoch"], a["val_acc"], a["val_loss"]) == (b["epoch"], b["val_acc"], b["val_loss"]), name
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (ref_dir, run_dir))
+    assert sb["status"] == "finished" and sa["history"] == sb["history"] and sa["tickets"] == sb["tickets"]
