@@ -4,7 +4,7 @@ import importlib.util
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 from models import MODEL_NAMES
 from sparselearning.cli import build_parser
 from sparselearning.evaluation.cli import build_parser as eval_parser

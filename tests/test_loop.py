@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from conftest import write_fashion_mnist
+from helpers import write_fashion_mnist
 from models import get_model
 from sparselearning import checkpoint as ckpt
 from sparselearning.cli import build_parser, parser_defaults, validate

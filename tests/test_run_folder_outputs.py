@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import write_fashion_mnist
+from helpers import write_fashion_mnist
 from sparselearning.train import main
 
 
