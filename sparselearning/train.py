@@ -496,6 +496,9 @@ def train_reporting_errors(run: Run) -> dict:
         if run.writing and run.args.tensorboard:
             run.tensorboard = TensorBoardLog(run.run_dir / TENSORBOARD_DIR)
         return run.train()
+    except KeyboardInterrupt as err:  # SIGINT, or SIGTERM through errors.run_cli
+        run.write_summary(f"stopped ({err or 'interrupted'}): continue with --resume")
+        raise
     except NonFiniteLossError as err:
         run.write_summary("failed: non-finite loss")
         run.write_curves()

@@ -8,6 +8,7 @@ version is intact); ``--resume`` then finishes the run with tickets bit-identica
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -77,6 +78,8 @@ def test_signal_mid_epoch_stops_with_one_line_then_resume_is_bit_identical(env, 
     assert int(ckpt.safe_load(run_dir / "last.pth")["epoch"]) == 2  # loads (weights_only) and is complete
     ckpt.load_ticket(run_dir / "model.pth")
     assert not temporaries(run_dir)
+    status = json.loads((run_dir / "summary.json").read_text())["status"]
+    assert status.startswith(f"stopped ({signal.Signals(signum).name})") and "--resume" in status
     resume_to_the_end(env, out, after_epoch=2)
 
 
