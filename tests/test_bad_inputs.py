@@ -26,6 +26,8 @@ from models import get_model
 from sparselearning import checkpoint as ckpt
 from sparselearning.train import main as train_main
 
+pytestmark = pytest.mark.slow  # end-to-end: real training/evaluation processes
+
 IMAGENET = REPO / "ImageNet" / "main.py"
 TRAIN = ["--model", "cnn-small", "--data", "fashionmnist", "--data-dir", "{data}", "--batch-size", "32", "--epochs",
          "1", "--no-progress", "--output-dir", "{out}", "--seed", "5"]

@@ -12,6 +12,8 @@ from sparselearning.data.imagenet import (IMAGENET_MEAN, IMAGENET_STD, DeviceBat
                                           imagenet_val_batches)
 from sparselearning.errors import UsageError
 
+pytestmark = pytest.mark.slow  # end-to-end: real training/evaluation processes
+
 CLASSES = ("a", "b")
 
 

@@ -39,6 +39,8 @@ from sparselearning import train as T
 from sparselearning.errors import run_cli
 from sparselearning.evaluation import discover_tickets
 
+pytestmark = pytest.mark.slow  # end-to-end: real training/evaluation processes
+
 
 SEED = 3
 CONFIGS = {  # script, flags, run folder under <output-dir>/cnn-small/fashionmnist/

@@ -28,6 +28,8 @@ from sparselearning import checkpoint as ckpt
 from sparselearning.cli import normalise_spellings
 from sparselearning.data.imagenet import IMAGENET_MEAN, IMAGENET_STD, imagenet_val_batches
 
+pytestmark = pytest.mark.slow  # end-to-end: real training/evaluation processes
+
 REPO = Path(__file__).resolve().parents[1]
 MAIN = REPO / "ImageNet" / "main.py"
 CLASSES = ("n01440764", "n01443537", "n01484850")

@@ -7,6 +7,8 @@ import pytest
 from helpers import write_fashion_mnist
 from sparselearning.train import main
 
+pytestmark = pytest.mark.slow  # end-to-end: real training/evaluation processes
+
 
 @pytest.fixture(scope="module")
 def edst_run(tmp_path_factory):

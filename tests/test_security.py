@@ -25,6 +25,8 @@ from sparselearning import checkpoint as ckpt
 from sparselearning.errors import UsageError
 from sparselearning.train import main as train_main
 
+pytestmark = pytest.mark.slow  # end-to-end: real training/evaluation processes
+
 IMAGENET = REPO / "ImageNet" / "main.py"
 TRAIN = ["--model", "cnn-small", "--data", "fashionmnist", "--batch-size", "32", "--epochs", "1", "--no-progress",
          "--seed", "7"]

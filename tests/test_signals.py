@@ -23,6 +23,8 @@ from sparselearning import checkpoint as ckpt
 from sparselearning import errors
 from sparselearning.train import main as train_main
 
+pytestmark = pytest.mark.slow  # end-to-end: real training/evaluation processes
+
 FLAGS = ["--sparse", "--density", "0.2", "--epochs", "4", "--update-frequency", "3", "--model", "cnn-small",
          "--data", "fashionmnist", "--batch-size", "32", "--test-batch-size", "64", "--no-progress", "--seed", "3"]
 RUN = Path("cnn-small/fashionmnist/density_0.2/DST/seed=3")

@@ -12,6 +12,8 @@ from sparselearning.cli import build_parser, parser_defaults, validate
 from sparselearning.recipes import cifar_plan
 from sparselearning.train import Run, main
 
+pytestmark = pytest.mark.slow  # end-to-end: real training/evaluation processes
+
 
 def common(data_dir, out, *extra):
     return ["--model", "cnn-small", "--data", "fashionmnist", "--data-dir", str(data_dir), "--batch-size", "32",
