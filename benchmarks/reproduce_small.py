@@ -238,6 +238,9 @@ def sparse_flags(plan: Plan) -> list[str]:
             "--death", "magnitude", "--redistribution", "none"]
 
 
+EVAL_MODES = "predict,disagreement,calibration,KD,ood,corruption"
+
+
 def build_jobs(plan: Plan) -> list[Job]:
     jobs: list[Job] = []
     E = str(plan.epochs)
@@ -260,14 +263,13 @@ def build_jobs(plan: Plan) -> list[Job]:
                 "main_PF.py", "--pretrained", str(pretrained), "--PF-rate", f"{1 - plan.density:g}", "--lr",
                 str(plan.pf_lr), "--nolrsche", "--epochs", str(plan.pf_epochs), *common(plan, r, s)],
                 deps=[f"r{r}-dense-s{s}"]))
-    train_names = {j.name for j in jobs}
-    eval_modes = "predict,disagreement,calibration,KD,ood,corruption"
-    for r in range(plan.replicates):
+        # this replicate's evaluations next: each replicate finishes (and can be tabled) before the last starts
+        train_names = {j.name for j in jobs}
         for method in ("deep", "static", "DST", "EDST", "PF"):
             prefix = "dense" if method == "deep" else method
             deps = sorted(n for n in train_names if n.startswith(f"r{r}-{prefix}-"))
             jobs.append(Job(f"r{r}-eval-{method}", [
-                "ensemble_freetickets.py", "--mode", eval_modes, "--resume", str(plan.ensemble_dir(method, r)),
+                "ensemble_freetickets.py", "--mode", EVAL_MODES, "--resume", str(plan.ensemble_dir(method, r)),
                 "--data", DATA, "--ood-data", ",".join(plan.ood), "--corruptions", ",".join(plan.corruptions),
                 "--no-download", "--device", "cpu",
                 *(["--data-dir", str(plan.data_dir)] if plan.data_dir else [])], deps=deps))
