@@ -133,8 +133,8 @@ def main() -> None:
     for name, m, flops, params in lines:
         print(f"{name:30s} {m['acc']:9.4f} {m['nll']:7.4f} {m['ece15']:7.4f} {flops:11.2f}x {params:11,d}")
     print(verdict(dense["members_mean"], dense["members_std"], edst["ensemble"], edst_flops, len(members)))
-    print("One seed of each, a few epochs: an illustration, not a result (benchmarks/reproduce_small.py --regime "
-          "over has replicates).")
+    print(f"{len(members)} dense seeds and 1 EDST seed, {EPOCHS} epochs: an illustration, not a result "
+          "(benchmarks/reproduce_small.py --regime over has replicates).")
     print("train FLOPs: relative to one dense run (RigL convention: 3x forward per step, dense gradients at "
           "topology updates);\nparameters: non-zero weights (EDST tickets at density 0.2; biases dense).")
     print(f"tickets, summaries, logs: {OUT}/ (evaluate again with ensemble_freetickets.py --resume DIR --mode all)")
