@@ -61,6 +61,7 @@ def _worker(rank, world, growth_mode, out_dir):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two gloo processes
 @pytest.mark.parametrize("growth_mode", ["gradient", "random"])
 def test_masks_identical_across_ranks(growth_mode, tmp_path):
     mp.spawn(_worker, args=(2, growth_mode, str(tmp_path)), nprocs=2, join=True)

@@ -325,6 +325,7 @@ def fmnist_args(data_dir, out, *extra):
             "--density", "0.3", "--update-frequency", "4", "--epochs", "2", *extra]
 
 
+@pytest.mark.slow
 def test_compiled_run_saves_plain_tickets_with_the_same_numbers(tmp_path):
     data = write_fashion_mnist(tmp_path / "data", n_train=100, n_test=20)
     parser = build_parser("DST")

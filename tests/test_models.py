@@ -264,6 +264,7 @@ def test_cnn_small_size_and_cost():
     assert 1.5e6 <= macs <= 3e6
 
 
+@pytest.mark.slow
 def test_cnn_small_learns_a_fixed_batch():
     torch.manual_seed(0)
     model = get_model("cnn-small", num_classes=10, in_channels=1, image_size=28)
