@@ -297,3 +297,4 @@ def assert_same_run(run_dir: Path, ref_dir: Path) -> None:
         assert (a["epoch"], a["val_acc"], a["val_loss"]) == (b["epoch"], b["val_acc"], b["val_loss"]), name
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (ref_dir, run_dir))
     assert sb["status"] == "finished" and sa["history"] == sb["history"] and sa["tickets"] == sb["tickets"]
+    assert (run_dir / "metrics.csv").read_text() == (ref_dir / "metrics.csv").read_text()

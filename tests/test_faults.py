@@ -17,7 +17,9 @@ Nothing in the production code knows about it.
 """
 from __future__ import annotations
 
+import csv
 import errno
+import io
 import json
 import os
 import random
@@ -162,6 +164,14 @@ def check_files_after_kill(run_dir: Path) -> tuple[int | None, list[str]]:
             ckpt.load_ticket(p)
         elif p.name == "summary.json":
             assert json.loads(p.read_text())["status"] in ("running", "finished")
+        elif p.name == "metrics.csv":  # written atomically: always whole rows under the header
+            rows = list(csv.DictReader(io.StringIO(p.read_text())))
+            assert rows and all(r["epoch"].isdigit() for r in rows), p
+        elif p.name == "curves.png":
+            from PIL import Image
+
+            with Image.open(p) as im:
+                im.load()  # a complete PNG
         else:
             raise AssertionError(f"unexpected file {p}")
     for t in discover_tickets(run_dir):  # what ensemble_freetickets.py --resume would evaluate
