@@ -23,6 +23,10 @@ from .specs import IMAGE_SHAPES, NUM_LABELS
 __all__ = ["CifarUnpickler", "read_cifar_batch", "read_idx", "read_dataset", "one_line"]
 
 
+class RefusedPickle(pickle.UnpicklingError):
+    """The pickle asks for something a CIFAR batch never holds (it may run code)."""
+
+
 def one_line(err: BaseException) -> str:
     text = " ".join(str(err).split()) or type(err).__name__
     return text[:300]
@@ -32,14 +36,14 @@ def one_line(err: BaseException) -> str:
 def _plain_dtype(*args) -> np.dtype:
     dtype = np.dtype(*args)
     if dtype.hasobject:
-        raise pickle.UnpicklingError("an object array (numpy dtype 'O') is not CIFAR data")
+        raise RefusedPickle("an object array (numpy dtype 'O') is not CIFAR data")
     return dtype
 
 
 def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     """Python 3 writes bytes at pickle protocol 2 as _codecs.encode(text, 'latin1')."""
     if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
-        raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r}")
+        raise RefusedPickle(f"_codecs.encode with encoding {encoding!r}")
     return text.encode("latin1")
 
 
@@ -65,20 +69,23 @@ class CifarUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         found = _ALLOWED_GLOBALS.get((module, name))
         if found is None:
-            raise pickle.UnpicklingError(f"it references {module}.{name}")
+            raise RefusedPickle(f"it references {module}.{name}")
         return found
 
     def persistent_load(self, pid):
-        raise pickle.UnpicklingError("it holds a persistent reference")
+        raise RefusedPickle("it holds a persistent reference")
 
 
 def _unpickle_cifar(path: Path) -> dict:
     try:
         with open(path, "rb") as fh:
             obj = CifarUnpickler(fh, encoding="bytes").load()
-    except pickle.UnpicklingError as err:
+    except RefusedPickle as err:
         raise UsageError(f"{path} was refused: {one_line(err)}, which a CIFAR batch never does - it may run "
                          f"code; delete it and re-download the dataset") from None
+    except (pickle.UnpicklingError, EOFError, ValueError) as err:  # e.g. truncated: damaged, not dangerous
+        raise UsageError(f"cannot read the CIFAR batch {path}: it is damaged or truncated ({one_line(err)}); "
+                         f"re-download the dataset") from None
     if not isinstance(obj, dict):
         raise UsageError(f"{path} holds a {type(obj).__name__}, not a CIFAR batch dict; re-download the dataset")
     return obj
