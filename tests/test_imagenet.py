@@ -355,9 +355,9 @@ def test_two_ranks_masks_in_sync_tickets_once_and_resume(image_root, tmp_path):
     updates = [u for u, _ in ck[0]]
     assert updates == list(range(0, 8))  # init, 2 updates in each of 3 epochs, 1 re-exploration
     assert len({c for _, c in ck[0]}) == len(ck[0])  # the topology changed at every update
-    # rank 0 alone wrote: two tickets, summary, last.pth, and each log line once
+    # rank 0 alone wrote: two tickets, summary, last.pth, the curves, and each log line once
     assert sorted(p.name for p in ref_dir.iterdir() if not p.name.startswith(".")) == \
-        ["last.pth", "model_0.pth", "model_1.pth", "summary.json", "train.log"]
+        ["curves.png", "last.pth", "metrics.csv", "model_0.pth", "model_1.pth", "summary.json", "train.log"]
     log = (ref_dir / "train.log").read_text()
     for e in (1, 2, 3):
         assert log.count(f"epoch {e}/3 lr") == 1
