@@ -298,3 +298,18 @@ def assert_same_run(run_dir: Path, ref_dir: Path) -> None:
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (ref_dir, run_dir))
     assert sb["status"] == "finished" and sa["history"] == sb["history"] and sa["tickets"] == sb["tickets"]
     assert (run_dir / "metrics.csv").read_text() == (ref_dir / "metrics.csv").read_text()
+
+
+def paper_imagenet_lr(e: int) -> float:
+    """Section 6.4, literally: the LR set at the start of 0-based epoch e (warm-up aside)."""
+    lr = 0.1
+    for epoch in range(e + 1):
+        if epoch in (30, 100, 170, 240):
+            lr = 0.01
+        elif epoch in (60, 130, 200, 270):
+            lr = 0.001
+        elif epoch in (90, 160, 230, 300):
+            lr = 0.0001
+        elif epoch == 5:
+            lr = 0.1
+    return lr

@@ -22,6 +22,7 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import paper_imagenet_lr
 from models import get_model
 from models.imagenet_resnet import imagenet_resnet
 from sparselearning import checkpoint as ckpt
@@ -159,19 +160,6 @@ def checksums(folder: Path) -> dict[int, list[tuple[int, tuple]]]:
 
 
 # ------------------------------------------------------------------------------------------ schedule
-def _paper_lr(e: int) -> float:
-    """Section 6.4, literally: the LR set at the start of 0-based epoch e (warm-up aside)."""
-    lr = 0.1
-    for epoch in range(e + 1):
-        if epoch in (30, 100, 170, 240):
-            lr = 0.01
-        elif epoch in (60, 130, 200, 270):
-            lr = 0.001
-        elif epoch in (90, 160, 230, 300):
-            lr = 0.0001
-        elif epoch == 5:
-            lr = 0.1
-    return lr
 
 
 def test_default_schedule_is_the_papers(capsys):
@@ -180,7 +168,7 @@ def test_default_schedule_is_the_papers(capsys):
     assert sched.epochs == 310 and sched.warmup == 5 and sched.num_tickets == 4 and sched.restart_death_rate
     assert sched.reexplore_epochs == (100, 170, 240)
     for e in range(5, 310):  # 0-based epoch e is 1-based epoch e + 1
-        assert sched.lr(e + 1) == pytest.approx(_paper_lr(e), rel=1e-12), e
+        assert sched.lr(e + 1) == pytest.approx(paper_imagenet_lr(e), rel=1e-12), e
     assert [sched.phase(e + 1) for e in (0, 99, 100, 169, 170, 239, 240, 309)] == [0, 0, 1, 1, 2, 2, 3, 3]
     assert [sched.phase_bounds(k) for k in range(4)] == [(0, 100), (100, 170), (170, 240), (240, 310)]
     # the paper's ImageNet sparse defaults

@@ -2,6 +2,7 @@ import math
 
 import pytest
 
+from helpers import paper_imagenet_lr
 from sparselearning.core.schedules import (Schedule, death_rate, edst_schedule, factor_schedule, paper_imagenet_plan,
                                            step_lr, step_schedule)
 
@@ -66,19 +67,6 @@ def test_bad_plans_are_refused():
         Schedule(5, ((0, 0.1),), (0, 5))
 
 
-def _paper_lr(e: int) -> float:
-    """Section 6.4, literally: the LR set at the start of 0-based epoch e (warm-up aside)."""
-    lr = 0.1
-    for epoch in range(e + 1):
-        if epoch in (30, 100, 170, 240):
-            lr = 0.01
-        elif epoch in (60, 130, 200, 270):
-            lr = 0.001
-        elif epoch in (90, 160, 230, 300):
-            lr = 0.0001
-        elif epoch == 5:
-            lr = 0.1
-    return lr
 
 
 def test_imagenet_paper_schedule_at_310_epochs():
@@ -86,7 +74,7 @@ def test_imagenet_paper_schedule_at_310_epochs():
     assert (reexplore, warmup) == ((100, 170, 240), 5)
     s = factor_schedule(310, 0.1, reexplore, steps, warmup)
     for e in range(5, 310):  # 0-based epoch e is 1-based epoch e + 1
-        assert s.lr(e + 1) == pytest.approx(_paper_lr(e), rel=1e-12), e
+        assert s.lr(e + 1) == pytest.approx(paper_imagenet_lr(e), rel=1e-12), e
     assert [s.phase(e + 1) for e in (0, 99, 100, 169, 170, 239, 240, 309)] == [0, 0, 1, 1, 2, 2, 3, 3]
     assert [s.phase_bounds(k) for k in range(4)] == [(0, 100), (100, 170), (170, 240), (240, 310)]
     assert s.death_rate_restarts(10) == (1000, 1700, 2400)
