@@ -313,3 +313,36 @@ def paper_imagenet_lr(e: int) -> float:
         elif epoch == 5:
             lr = 0.1
     return lr
+
+
+class Shell:
+    """Unpickling runs a shell command (os.system)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch '{self.marker}'",))
+
+
+class Exec:
+    """Unpickling runs arbitrary Python (exec)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').close()",))
+
+
+def run_cli_captured(main, argv, capsys) -> tuple[int, str, str]:
+    """run_cli(main, argv) in this process: (exit code, stdout, stderr)."""
+    from sparselearning.errors import run_cli
+
+    code = 0
+    try:
+        run_cli(main, argv)
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err

@@ -3,7 +3,6 @@ in range, and a --data-dir that is a file is refused (no silent fallback to anot
 from __future__ import annotations
 
 import gzip
-import os
 import pickle
 import shutil
 import struct
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import Exec, Shell
 from sparselearning import data as D
 from sparselearning.errors import UsageError
 
@@ -26,20 +26,6 @@ def _fresh_cache():
     D.clear_cache()
 
 
-class Shell:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch '{self.marker}'",))
-
-
-class Exec:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (exec, (f"open({self.marker!r}, 'w').close()",))
 
 
 def _batch(n, seed, label_key=b"labels", classes=10):

@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import REPO, assert_one_line_error, write_fashion_mnist
+from helpers import REPO, assert_one_line_error, run_cli_captured, write_fashion_mnist
 from models import get_model
 from sparselearning.checkpoint import atomic_save, build_ticket, load_ticket
-from sparselearning.errors import run_cli
 from sparselearning.evaluation import main
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -43,14 +42,8 @@ def box(tmp_path_factory):
     return {"base": base, "data": data, "good": good}
 
 
-def _run(argv: list[str], capsys) -> tuple[int, str, str]:
-    code = 0
-    try:
-        run_cli(main, argv)
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
+def _run(argv, capsys):
+    return run_cli_captured(main, argv, capsys)
 
 
 def _argv(root: Path, box, *more: str) -> list[str]:

@@ -7,10 +7,9 @@ import json
 import pytest
 import torch
 
-from helpers import write_fashion_mnist
+from helpers import run_cli_captured, write_fashion_mnist
 from models import get_model
 from sparselearning.checkpoint import atomic_save, build_ticket
-from sparselearning.errors import run_cli
 from sparselearning.evaluation import main
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -43,13 +42,7 @@ def runs(tmp_path_factory):
 
 
 def _run(argv, capsys):
-    code = 0
-    try:
-        run_cli(main, argv)
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_cli_captured(main, argv, capsys)
 
 
 def test_compare_evaluates_then_tabulates(runs, capsys):

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import REPO, assert_one_line_error, tree_state, write_fashion_mnist, write_imagefolder
+from helpers import (REPO, Exec, Shell, assert_one_line_error, tree_state, write_fashion_mnist,
+                     write_imagefolder)
 from sparselearning import checkpoint as ckpt
 from sparselearning.errors import UsageError
 from sparselearning.train import main as train_main
@@ -42,25 +43,6 @@ class OpenFile:
     def __reduce__(self):
         return (open, (self.marker, "w"))
 
-
-class Shell:
-    """Unpickling runs a shell command (os.system)."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch '{self.marker}'",))
-
-
-class Exec:
-    """Unpickling runs arbitrary Python (exec)."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (exec, (f"open({self.marker!r}, 'w').close()",))
 
 
 @pytest.fixture(scope="module")
