@@ -139,7 +139,7 @@ def run_jobs(jobs: list[Job], n_parallel: int, threads: int, log_dir: Path) -> N
                 if len(running) >= n_parallel:
                     break
                 job = pending.pop(name)
-                logs[name] = open(log_dir / f"{name}.log", "w")
+                logs[name] = open(log_dir / f"{name}.log", "a")  # a resumed job's log keeps the earlier runs
                 logs[name].write("$ python " + " ".join(job.argv) + "\n")
                 logs[name].flush()
                 job.start = time.time()
@@ -193,9 +193,21 @@ class Plan:
     corruptions: list[str]
     model: str = "cnn-small"
     data_dir: Path | None = None  # where the evaluation finds the OoD datasets (None: its default ./data)
+    stop_updates_frac: float = 0.0  # > 0: one more EDST ensemble per replicate, same seed, with --stop-updates-frac
+
+    def methods(self) -> tuple[str, ...]:
+        return METHODS + (("EDST-stop",) if self.stop_updates_frac else ())
+
+    def label(self, method: str) -> str:
+        if method == "EDST-stop":
+            return f"EDST ensemble, no updates in the last {self.stop_updates_frac:g} of a phase"
+        return LABELS[method]
 
     def rep_root(self, r: int) -> Path:
         return self.out / f"rep{r}"
+
+    def stop_root(self, r: int) -> Path:
+        return self.rep_root(r) / f"stop_updates_{self.stop_updates_frac:g}"
 
     def seeds(self, r: int) -> list[int]:
         return [1 + r * self.members + i for i in range(self.members)]
@@ -203,23 +215,25 @@ class Plan:
     def run_dir(self, method: str, r: int, seed: int) -> Path:
         """The engine's own run folder of that job (sparselearning.runfolder names every run folder)."""
         density = 1.0 if method == "dense" else self.density
+        if method == "EDST-stop":  # an EDST run folder under its own root (the folder name has no flag in it)
+            return run_folder(self.stop_root(r), self.model, DATA, "EDST", seed, density, self.members)
         return run_folder(self.rep_root(r), self.model, DATA, method, seed, density, self.members)
 
     def ensemble_dir(self, method: str, r: int) -> Path:
-        if method == "EDST":
-            return self.run_dir("EDST", r, self.seeds(r)[0])
+        if method.startswith("EDST"):
+            return self.run_dir(method, r, self.seeds(r)[0])
         return self.run_dir("dense" if method == "deep" else method, r, 0).parent  # the folder of its seed=* runs
 
     def runs_of(self, method: str, r: int) -> list[Path]:
         """Training run folders whose summaries make up one ensemble (PF: its own runs only)."""
-        if method == "EDST":
-            return [self.run_dir("EDST", r, self.seeds(r)[0])]
+        if method.startswith("EDST"):
+            return [self.run_dir(method, r, self.seeds(r)[0])]
         m = "dense" if method == "deep" else method
         return [self.run_dir(m, r, s) for s in self.seeds(r)]
 
 
-def common(plan: Plan, r: int, seed: int) -> list[str]:
-    return ["--model", plan.model, "--data", DATA, "--seed", str(seed), "--output-dir", str(plan.rep_root(r)),
+def common(plan: Plan, r: int, seed: int, root: Path | None = None) -> list[str]:
+    return ["--model", plan.model, "--data", DATA, "--seed", str(seed), "--output-dir", str(root or plan.rep_root(r)),
             "--resume", "--no-progress", "--device", "cpu"]
 
 
@@ -245,9 +259,13 @@ def build_jobs(plan: Plan) -> list[Job]:
         for s in seeds:
             jobs.append(Job(f"r{r}-DST-s{s}", ["main_DST.py", "--epochs", E, *sparse_flags(plan), *common(plan, r, s)]))
         edst_epochs = plan.edst_explo + plan.members * plan.edst_phase
-        jobs.append(Job(f"r{r}-EDST-s{seeds[0]}", [
-            "main_EDST.py", "--epochs", str(edst_epochs), "--epochs-explo", str(plan.edst_explo), "--model-num",
-            str(plan.members), "--nolrsche", *sparse_flags(plan), *common(plan, r, seeds[0])]))
+        edst = ["main_EDST.py", "--epochs", str(edst_epochs), "--epochs-explo", str(plan.edst_explo), "--model-num",
+                str(plan.members), "--nolrsche", *sparse_flags(plan)]
+        jobs.append(Job(f"r{r}-EDST-s{seeds[0]}", [*edst, *common(plan, r, seeds[0])]))
+        if plan.stop_updates_frac:  # the same run with updates stopped at the end of each phase: a paired comparison
+            jobs.append(Job(f"r{r}-EDST-stop-s{seeds[0]}", [
+                *edst, "--stop-updates-frac", f"{plan.stop_updates_frac:g}",
+                *common(plan, r, seeds[0], plan.stop_root(r))]))
         for s in seeds:
             pretrained = plan.run_dir("dense", r, s) / "model.pth"
             jobs.append(Job(f"r{r}-PF-s{s}", [
@@ -256,9 +274,9 @@ def build_jobs(plan: Plan) -> list[Job]:
                 deps=[f"r{r}-dense-s{s}"]))
         # this replicate's evaluations next: each replicate finishes (and can be tabled) before the last starts
         train_names = {j.name for j in jobs}
-        for method in ("deep", "static", "DST", "EDST", "PF"):
+        for method in plan.methods()[1:]:  # every ensemble (the dense row is read from the deep ensemble's)
             prefix = "dense" if method == "deep" else method
-            deps = sorted(n for n in train_names if n.startswith(f"r{r}-{prefix}-"))
+            deps = sorted(n for n in train_names if n.startswith(f"r{r}-{prefix}-s"))
             jobs.append(Job(f"r{r}-eval-{method}", [
                 "ensemble_freetickets.py", "--mode", EVAL_MODES, "--resume", str(plan.ensemble_dir(method, r)),
                 "--data", DATA, "--ood-data", ",".join(plan.ood), "--corruptions", ",".join(plan.corruptions),
@@ -294,6 +312,22 @@ def metrics_of(rows: list[dict], member: str, ood: list[str]) -> dict:
     }
 
 
+def active_zero_fraction(ens_dir: Path, rows: list[dict]) -> float:
+    """Mean over the ensemble's tickets of the fraction of active (mask-on) weights that are exactly zero.
+
+    Freshly grown weights start at zero, so a ticket saved soon after a topology update has an
+    effective density below its mask's (what --stop-updates-frac is for).
+    """
+    from sparselearning.checkpoint import load_ticket
+
+    members = sorted({row["member"] for row in rows if row["mode"] == "predict" and row["member"].endswith(".pth")})
+    fractions = []
+    for member in members:
+        values = [e["values"] for e in load_ticket(ens_dir / member)["sparse_state"].values()]
+        fractions.append(sum(int((v == 0).sum()) for v in values) / max(1, sum(v.numel() for v in values)))
+    return statistics.fmean(fractions)
+
+
 def summary(run_dir: Path) -> dict:
     s = json.loads((run_dir / "summary.json").read_text())
     if s.get("status") != "finished":
@@ -302,7 +336,7 @@ def summary(run_dir: Path) -> dict:
 
 
 def collect(plan: Plan) -> dict:
-    per: dict[str, list[dict]] = {m: [] for m in METHODS}
+    per: dict[str, list[dict]] = {m: [] for m in plan.methods()}
     for r in range(plan.replicates):
         dense_runs = [summary(plan.run_dir("dense", r, s)) for s in plan.seeds(r)]
         dense_flops = statistics.fmean(s["training_flops"] for s in dense_runs)
@@ -313,13 +347,13 @@ def collect(plan: Plan) -> dict:
             per["dense"].append({**metrics_of(rows_deep, m, plan.ood), "disagreement": None, "kl": None,
                                  "flops_rel": s["training_flops"] / dense_flops, "params": dense_params,
                                  "replicate": r, "member": m})
-        for method in ("deep", "static", "DST", "EDST", "PF"):
+        for method in plan.methods()[1:]:
             rows = rows_deep if method == "deep" else load_rows(plan.ensemble_dir(method, r))
             sums = [summary(d) for d in plan.runs_of(method, r)]
             flops = sum(s["training_flops"] for s in sums)
             if method == "PF":  # the dense pre-training of each member counts
                 flops += sum(s["training_flops"] for s in dense_runs)
-            if method == "EDST":  # M tickets of one run, each with the run's non-zero count
+            if method.startswith("EDST"):  # M tickets of one run, each with the run's mask size
                 params = len(sums[0]["tickets"]) * sums[0]["parameters"]["active"]
             else:
                 params = sum(s["parameters"]["active"] for s in sums)
@@ -330,13 +364,15 @@ def collect(plan: Plan) -> dict:
                                 "flops_rel": flops / dense_flops, "params": params, "replicate": r,
                                 "members": n_members,
                                 "member_acc": 100 * pick(rows, "calibration", "members_mean", "acc"),
+                                "active_zeros": None if method == "deep" else active_zero_fraction(
+                                    plan.ensemble_dir(method, r), rows),
                                 "train_seconds": sum(s.get("elapsed_seconds", 0.0) for s in sums)})
     table = []
-    for method in METHODS:
+    for method in plan.methods():
         entries = per[method]
-        row = {"method": method, "label": LABELS[method], "n": len(entries),
+        row = {"method": method, "label": plan.label(method), "n": len(entries),
                "M": 1 if method == "dense" else plan.members}
-        for col in (*COLUMNS, "member_acc"):
+        for col in (*COLUMNS, "member_acc", "active_zeros"):
             vals = [e[col] for e in entries if e.get(col) is not None]
             row[col] = statistics.fmean(vals) if vals else None
             row[col + "_std"] = statistics.stdev(vals) if len(vals) > 1 else None
@@ -406,6 +442,12 @@ def claims(table: list[dict]) -> list[dict]:
         diff = sign * (dst[col] - st[col])
         claim(f"DST ensemble beats the static sparse ensemble in {name}", diff > 0,
               f"DST {fmt_cell(dst, col)} vs static {fmt_cell(st, col)}", [(diff, noise(dst, st, col))])
+    if "EDST-stop" in t:  # not a claim of the paper: this code's option (the reference's decision 6)
+        stop = t["EDST-stop"]
+        for col, sign, name in (("acc", 1, "accuracy"), ("nll", -1, "NLL"), ("ece", -1, "ECE")):
+            diff = sign * (stop[col] - e[col])
+            claim(f"(option, not the paper) EDST with no topology updates at the end of each phase beats plain EDST "
+                  f"in {name}", diff > 0, f"{fmt_cell(stop, col)} vs {fmt_cell(e, col)}", [(diff, noise(stop, e, col))])
     return out
 
 
@@ -438,7 +480,10 @@ def render(result: dict, plan: Plan, info: dict) -> tuple[str, str]:
         f"OoD AUROC: max-softmax score, Fashion-MNIST test vs {ood_name}. cAcc: mean over "
         f"{', '.join(plan.corruptions)} x 5 severities (generated). ECE: 15 bins.",
         "Train FLOPs: the runs' own accounting summed over the ensemble (PF includes the dense pre-training), "
-        "relative to one dense run of E epochs. Params: non-zero weights over all members.",
+        "relative to one dense run of E epochs. Params: active (mask-on) weights over all members.",
+        "Exact zeros among the tickets' active weights (freshly grown weights, mean over tickets): " + ", ".join(
+            f"{r['method']} {100 * r['active_zeros']:.1f} %" for r in table if r.get("active_zeros") is not None)
+        + ".",
         f"Machine: {info['nproc']} CPUs ({info['cpu']}), load average at the start {info['loadavg_start']} "
         f"and end {info['loadavg_end']} (shared machine); "
         + (f"wall time {info['wall_seconds'] / 60:.1f} min." if info.get("wall_seconds") is not None
@@ -468,6 +513,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--output-dir", default=None,
                         help="default results/reproduce_small/{quick,full} (over: results/reproduce_small/over/...)")
+    parser.add_argument("--stop-updates-frac", type=float, default=0.0, metavar="F",
+                        help="also train each EDST run again with --stop-updates-frac F (same seed) and table it as "
+                             "one more row (default 0: not run)")
     parser.add_argument("--table-only", action="store_true", help="only rebuild the table from finished runs")
     return parser
 
@@ -497,8 +545,10 @@ def make_plan(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Plan
     regime = REGIMES[args.regime]
     E = args.epochs or (regime.epochs_quick if args.quick else regime.epochs_full)
     R = args.replicates or (1 if args.quick else 3)
-    if E < 2 or R < 1 or args.members < 2 or not 0 < args.density < 1 or args.jobs < 1 or args.threads < 1:
-        parser.error("need --epochs >= 2, --replicates >= 1, -M >= 2, --density in (0, 1), --jobs/--threads >= 1")
+    if E < 2 or R < 1 or args.members < 2 or not 0 < args.density < 1 or args.jobs < 1 or args.threads < 1 or not (
+            0 <= args.stop_updates_frac < 1):
+        parser.error("need --epochs >= 2, --replicates >= 1, -M >= 2, --density in (0, 1), --jobs/--threads >= 1, "
+                     "--stop-updates-frac in [0, 1)")
     corruptions = [c for c in (args.corruptions or (regime.corruptions_quick if args.quick else
                                                     regime.corruptions_full)).split(",") if c.strip()]
     bad = [c for c in corruptions if c not in CORRUPTIONS]
@@ -511,7 +561,7 @@ def make_plan(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Plan
     return Plan(out=out, epochs=E, edst_explo=max(1, round(0.6 * E)), edst_phase=max(1, round(0.4 * E)),
                 pf_epochs=max(1, round(0.4 * E)), replicates=R, members=args.members, density=args.density,
                 update_frequency=args.update_frequency, pf_lr=args.pf_lr, ood=ood, corruptions=corruptions,
-                model=regime.model, data_dir=data_dir)
+                model=regime.model, data_dir=data_dir, stop_updates_frac=args.stop_updates_frac)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -346,3 +346,66 @@ def run_cli_captured(main, argv, capsys) -> tuple[int, str, str]:
         code = exc.code
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+# ------------------------------------------------------------------ many short script runs
+# What every entry script imports; a forked child finds them loaded (torch alone takes 2-3 s to import here).
+SCRIPT_PRELOAD = ("torch", "torchvision", "matplotlib.pyplot", "sparselearning.train", "sparselearning.evaluation.cli",
+                  "sparselearning.data.imagenet")
+
+
+def _script_child(script: str, argv: list[str], cwd: str, out: str, err: str) -> None:
+    """The body of ``python SCRIPT ARGV`` in a forked process: its own cwd, stdout/stderr files, exit code."""
+    import io
+    import runpy
+    import traceback
+
+    os.chdir(cwd)
+    for fd, path in ((1, out), (2, err)):
+        f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(f, fd)
+        os.close(f)
+    sys.stdout = io.TextIOWrapper(open(1, "wb", closefd=False), line_buffering=True)
+    sys.stderr = io.TextIOWrapper(open(2, "wb", closefd=False), line_buffering=True, errors="backslashreplace")
+    sys.argv, sys.path[0] = [script, *argv], str(Path(script).parent)
+    code = 0
+    try:
+        runpy.run_path(script, run_name="__main__")
+    except SystemExit as exc:  # what the interpreter does with it
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:
+            print(exc.code, file=sys.stderr)
+            code = 1
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+class ScriptForks:
+    """Run entry scripts as ``python SCRIPT ARGV`` does, each in a process forked from one server that has
+    the project's imports loaded: a real process (exit code, stderr, files, no shared state between runs),
+    without paying the imports each time. Tests that use it also compare a few runs with real subprocesses."""
+
+    def __init__(self, preload=SCRIPT_PRELOAD):
+        import multiprocessing
+
+        self.ctx = multiprocessing.get_context("forkserver")
+        self.ctx.set_forkserver_preload(list(preload))
+
+    def run(self, script: Path, argv: list[str], cwd: Path, streams: Path,
+            timeout: float = 300) -> subprocess.CompletedProcess:
+        """streams: a path prefix for the .out/.err files (outside any folder a test fingerprints)."""
+        out, err = Path(f"{streams}.out"), Path(f"{streams}.err")
+        p = self.ctx.Process(target=_script_child, args=(str(script), [str(a) for a in argv], str(cwd), str(out),
+                                                         str(err)))
+        p.start()
+        p.join(timeout)
+        if p.is_alive():
+            p.kill()
+            p.join()
+            raise subprocess.TimeoutExpired([str(script), *argv], timeout)
+        return subprocess.CompletedProcess([str(script), *argv], p.exitcode, out.read_text(), err.read_text())

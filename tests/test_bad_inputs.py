@@ -1,9 +1,11 @@
-"""Table-driven bad input for every entry script, run as users run them (subprocesses).
+"""Table-driven bad input for every entry script, run as users run them (as processes).
 
 Each case must end with exit code 2 and exactly one stderr line that names the problem and says what to do, no
 traceback, and write or change nothing: the case's own folder (its working directory, output folder and inputs)
 and the shared inputs (data, checkpoints) are fingerprinted before and after. Cases run two or more at a time;
-each one has a folder of its own. ImageNet/main.py cases run when that script exists.
+each one has a folder of its own. ImageNet/main.py cases run when that script exists. The cases run in processes
+forked from one server that has torch imported (helpers.ScriptForks: 98 fresh interpreters cost minutes of imports);
+the first case of each script also runs as a real subprocess, and the two must agree.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from typing import Callable
 import pytest
 import torch
 
-from helpers import (REPO, assert_one_line_error, tree_state, write_cifar10, write_fashion_mnist,
+from helpers import (REPO, ScriptForks, assert_one_line_error, tree_state, write_cifar10, write_fashion_mnist,
                       write_imagefolder)
 from models import get_model
 from sparselearning import checkpoint as ckpt
@@ -410,16 +412,29 @@ def results(world):
                 a = a.replace(k, v)
             argv.append(a)
         before = tree_state(box)
-        r = subprocess.run([sys.executable, str(REPO / case.script), *argv], cwd=box, capture_output=True, text=True,
-                           timeout=300)
+        r = forks.run(REPO / case.script, argv, cwd=box, streams=streams / case.id)
         case.result = {"code": r.returncode, "stderr": r.stderr, "stdout": r.stdout, "before": before,
                        "after": tree_state(box)}
+        if case.id in REAL_PROCESS_IDS:  # the same case as a real `python SCRIPT ...`, from a fresh copy of its box
+            shutil.rmtree(box)
+            box.mkdir()
+            if case.setup:
+                case.setup(box, world)
+            real = subprocess.run([sys.executable, str(REPO / case.script), *argv], cwd=box, capture_output=True,
+                                  text=True, timeout=300)
+            case.result["real"] = {"code": real.returncode, "stderr": real.stderr, "after": tree_state(box)}
         return case
 
+    forks, streams = ScriptForks(), world["base"] / "streams"
+    streams.mkdir()
     workers = max(2, min(4, os.cpu_count() or 2))
     with ThreadPoolExecutor(workers) as pool:
         done = {c.id: c for c in pool.map(run, CASES)}
     return {"cases": done, "shared_unchanged": tree_state(*shared) == shared_before}
+
+
+# the first case of each script also runs as a real process (the forked runs must not differ from it)
+REAL_PROCESS_IDS = {next(c.id for c in CASES if c.script == script) for script in {c.script for c in CASES}}
 
 
 def test_table_is_large_enough():
@@ -437,6 +452,14 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case_id, results):
     prog = case.script if case.script.startswith("ImageNet/") else Path(case.script).name
     assert line.startswith(f"{prog}: error: "), line
     assert r["after"] == r["before"], "files were written or changed"
+
+
+@pytest.mark.parametrize("case_id", sorted(REAL_PROCESS_IDS))
+def test_forked_runs_are_what_a_real_process_does(case_id, results):
+    """Same exit code, same stderr (up to the case folder's path), nothing written either way."""
+    r = results["cases"][case_id].result
+    assert (r["real"]["code"], r["real"]["stderr"]) == (r["code"], r["stderr"])
+    assert r["real"]["after"] == r["after"] == r["before"]
 
 
 def test_shared_inputs_unchanged(results):

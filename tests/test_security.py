@@ -4,7 +4,8 @@ Checkpoints that would run code when unpickled (each payload creates a marker fi
 path, as users run them: evaluation (``ensemble_freetickets.py --resume``), PF (``--pretrained``), training
 ``--resume FILE`` and plain ``--resume`` from the run folder, and ``ImageNet/main.py --resume`` when that script
 exists. Each must refuse with one stderr line, write nothing, and the marker must never appear. A control shows
-the payloads are real: ``torch.load(weights_only=False)`` does create the marker.
+the payloads are real: ``torch.load(weights_only=False)`` does create the marker. The cases run as processes
+forked from one server with torch imported (``helpers.ScriptForks``); one of each kind also as a real subprocess.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import (REPO, Exec, Shell, assert_one_line_error, tree_state, write_fashion_mnist,
+from helpers import (REPO, Exec, ScriptForks, Shell, assert_one_line_error, tree_state, write_fashion_mnist,
                      write_imagefolder)
 from sparselearning import checkpoint as ckpt
 from sparselearning.errors import UsageError
@@ -185,11 +186,18 @@ def results(world):
             argv.append(a)
         cwd = box / "cwd" / "a" / "b" if (box / "cwd" / "a" / "b").exists() else box / "cwd"
         before = tree_state(box)
-        r = subprocess.run([sys.executable, str(REPO / argv[0]), *argv[1:]], cwd=cwd, capture_output=True, text=True,
-                           timeout=300)
-        return cid, {"code": r.returncode, "stderr": r.stderr, "needles": needles, "unchanged":
-                     tree_state(box) == before}
+        r = forks.run(REPO / argv[0], argv[1:], cwd=cwd, streams=streams / cid)
+        result = {"code": r.returncode, "stderr": r.stderr, "needles": needles, "unchanged": tree_state(box) == before}
+        if cid in real_ids:  # also as a real `python SCRIPT ...` (the forked runs must not differ from it)
+            real = subprocess.run([sys.executable, str(REPO / argv[0]), *argv[1:]], cwd=cwd, capture_output=True,
+                                  text=True, timeout=300)
+            result["real"] = {"code": real.returncode, "stderr": real.stderr, "unchanged": tree_state(box) == before}
+        return cid, result
 
+    # forked from one server with torch imported (helpers.ScriptForks); one case of each kind also runs for real
+    forks, streams = ScriptForks(), world["base"] / "streams"
+    streams.mkdir()
+    real_ids = {_cases()[0][0], _traversal_cases()[0][0]}
     with ThreadPoolExecutor(max(2, min(4, os.cpu_count() or 2))) as pool:
         done = dict(pool.map(run, jobs))
     return {"cases": done, "marker": marker.exists(), "shared_unchanged": tree_state(*shared) == shared_before}
@@ -209,6 +217,13 @@ def test_paths_from_flags_and_tickets_are_refused(case_id, results):
     r = results["cases"][case_id]
     assert_one_line_error(r["code"], r["stderr"], *r["needles"])
     assert r["unchanged"], "files were written or changed (outside or inside the output folder)"
+
+
+def test_forked_runs_are_what_a_real_process_does(results):
+    real = {cid: r for cid, r in results["cases"].items() if "real" in r}
+    assert len(real) == 2
+    for cid, r in real.items():
+        assert (r["real"]["code"], r["real"]["stderr"], r["real"]["unchanged"]) == (r["code"], r["stderr"], True), cid
 
 
 def test_shared_inputs_untouched(results):
