@@ -17,4 +17,4 @@ from sparselearning.errors import run_cli
 from sparselearning.evaluation import main
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, on_stop="the logit cache keeps every finished forward pass - run the same command again to go on")

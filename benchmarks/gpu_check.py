@@ -596,4 +596,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, on_stop="the sections finished so far are in gpu_check.json and gpu_check.md")

@@ -97,10 +97,14 @@ def _stop_signals_interrupt() -> Iterator[None]:
         _deferral.update(depth=0, pending=None)
 
 
-def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None = None, prog: str | None = None) -> None:
+TRAINING_STOPPED = "the last complete checkpoint is intact - resume with the same command plus --resume"
+
+
+def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None = None, prog: str | None = None,
+            on_stop: str = TRAINING_STOPPED) -> None:
     """Run an entry point: UsageError -> one stderr line and exit code 2 (no traceback); SIGINT/SIGTERM -> one
-    line saying how to resume, exit code 130/143; a mask desync between ranks (MaskDesyncError) -> one line
-    from every rank and exit code 1."""
+    line saying what is kept and how to go on (``on_stop``; training: resume), exit code 130/143; a mask desync
+    between ranks (MaskDesyncError) -> one line from every rank and exit code 1."""
     prog = prog or (sys.argv[0].rsplit("/", 1)[-1] if sys.argv and sys.argv[0] else "freetickets")
     try:
         with _stop_signals_interrupt():
@@ -112,8 +116,7 @@ def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None =
     except KeyboardInterrupt as err:
         signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
         if os.environ.get("LOCAL_RANK", "0") == "0":  # under torchrun every process gets the signal
-            print(f"{prog}: stopped by {signal.Signals(signum).name}; the last complete checkpoint is intact - "
-                  f"resume with the same command plus --resume", file=sys.stderr, flush=True)
+            print(f"{prog}: stopped by {signal.Signals(signum).name}; {on_stop}", file=sys.stderr, flush=True)
         sys.exit(128 + signum)
     except MaskDesyncError as err:
         print(f"{prog}: error: {err}; stopped (rank {os.environ.get('RANK', '0')})", file=sys.stderr, flush=True)

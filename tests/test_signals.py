@@ -134,3 +134,25 @@ def test_run_cli_handles_sigterm_and_restores_the_handlers(capsys):
         assert {s: signal.getsignal(s) for s in errors.STOP_SIGNALS} == before
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_evaluation_says_what_it_keeps_when_stopped(capsys):
+    """ensemble_freetickets.py has no --resume to continue with: its stop line points at the logit cache."""
+    import runpy
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    from sparselearning import evaluation
+
+    original = evaluation.main
+    evaluation.main = interrupted
+    try:
+        with pytest.raises(SystemExit) as exc:
+            runpy.run_path(str(REPO / "ensemble_freetickets.py"), run_name="__main__")
+    finally:
+        evaluation.main = original
+    assert exc.value.code == 130
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("stopped by SIGINT; the logit cache keeps every finished forward pass - run the same "
+                        "command again to go on") and RESUME_LINE not in err

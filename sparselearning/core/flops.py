@@ -157,4 +157,4 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     from ..errors import run_cli
 
-    run_cli(main)
+    run_cli(main, on_stop="nothing was written")
