@@ -340,8 +340,11 @@ def validate_imagenet(args: argparse.Namespace) -> str | None:
     reexplore_given, steps_given = "reexplore_epochs" in given, "lr_steps" in given
     reexplore, steps, warmup = schedules.paper_imagenet_plan(args.epochs)
     derived = []
+    if args.fix and reexplore_given and args.reexplore_epochs.strip():
+        raise UsageError(f"--fix keeps the masks fixed, so --reexplore-epochs {args.reexplore_epochs} would re-explore "
+                         f"nothing: drop --fix for EDST, or pass --reexplore-epochs '' for one static ticket")
     if not reexplore_given:
-        args.reexplore_epochs = ",".join(map(str, reexplore))
+        args.reexplore_epochs = "" if args.fix else ",".join(map(str, reexplore))  # static masks: one ticket
         derived.append(f"--reexplore-epochs {args.reexplore_epochs or repr('')}")
     if not steps_given:
         args.lr_steps = ",".join(f"{e}:{f:g}" for e, f in steps)
@@ -360,9 +363,12 @@ def validate_imagenet(args: argparse.Namespace) -> str | None:
         raise UsageError(f"--lr-steps {args.lr_steps}: epochs must increase from 0 and factors be positive")
     if args.warmup >= args.epochs:
         raise UsageError(f"--warmup {args.warmup} must be shorter than --epochs {args.epochs}; lower --warmup")
-    if not derived or args.epochs == schedules.PAPER_IMAGENET_EPOCHS:
+    fixed = args.fix and not reexplore_given
+    if not derived or (args.epochs == schedules.PAPER_IMAGENET_EPOCHS and not fixed):
         return None
-    return (f"note: the paper's {schedules.PAPER_IMAGENET_EPOCHS}-epoch schedule scaled to --epochs {args.epochs}: "
+    scaled = f" scaled to --epochs {args.epochs}" if args.epochs != schedules.PAPER_IMAGENET_EPOCHS else ""
+    return (f"note: the paper's {schedules.PAPER_IMAGENET_EPOCHS}-epoch schedule{scaled}"
+            f"{', with --fix: one static ticket, no re-exploration' if fixed else ''}: "
             f"{'; '.join(derived)} (give these flags to choose another)")
 
 

@@ -4,7 +4,7 @@ Each case must end with exit code 2 and exactly one stderr line that names the p
 traceback, and write or change nothing: the case's own folder (its working directory, output folder and inputs)
 and the shared inputs (data, checkpoints) are fingerprinted before and after. Cases run two or more at a time;
 each one has a folder of its own. ImageNet/main.py cases run when that script exists. The cases run in processes
-forked from one server that has torch imported (helpers.ScriptForks: 98 fresh interpreters cost minutes of imports);
+forked from one server that has torch imported (helpers.ScriptForks: a hundred fresh interpreters cost minutes of imports);
 the first case of each script also runs as a real subprocess, and the two must agree.
 """
 from __future__ import annotations
@@ -326,6 +326,8 @@ IMAGENET_CASES = [
     Case("imagenet-multiplier-huge", "ImageNet/main.py", ["--multiplier", "1000000000", "{img}"],
          ("--multiplier 1000000000",)),
     Case("imagenet-dense-fix", "ImageNet/main.py", ["--dense", "--fix", "{img}"], ("--fix", "--dense")),
+    Case("imagenet-fix-reexplore", "ImageNet/main.py", ["--fix", "{img}"],  # IMNET gives --reexplore-epochs 1
+         ("--fix keeps the masks fixed", "--reexplore-epochs 1", "drop --fix")),
     Case("imagenet-resume-fifo", "ImageNet/main.py", ["--resume", "{box}/last.pth", "{img}"],
          ("last.pth is a FIFO",), _fifo("last.pth")),
     # ---------------------------------------------------------------- moved here from test_imagenet.py

@@ -188,6 +188,15 @@ def test_other_lengths_scale_the_papers_schedule_unless_given(capsys):
     assert sched.reexplore_epochs == (45,) and sched.warmup == 2 and sched.lr(10) == pytest.approx(0.01)
 
 
+def test_fixed_masks_get_one_ticket_and_no_reexploration(capsys):
+    """--fix: nothing to re-explore, so the default schedule has no re-exploration epochs (one static ticket)."""
+    args, sched, _ = imain.parse(["/d", "--fix"])
+    assert sched.reexplore_epochs == () and sched.num_tickets == 1 and args.fix
+    assert "--reexplore-epochs ''" in capsys.readouterr().out  # said, as every derived flag is
+    args, sched, _ = imain.parse(["/d", "--fix", "--reexplore-epochs", ""])
+    assert sched.num_tickets == 1
+
+
 def test_multiplier_stretches_the_schedule():
     args, sched, _ = imain.parse(["/d", "--epochs", "10", "--warmup", "1", "--reexplore-epochs", "4,7",
                                   "--lr-steps", "2:0.1,4:0.5", "--multiplier", "2"])
