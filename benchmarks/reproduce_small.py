@@ -66,14 +66,13 @@ import io
 import json
 import os
 import platform
-import signal
 import statistics
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from sparselearning.jobs import Job, run_jobs
 from sparselearning.machine import cpu_name, load_average
 from sparselearning.runfolder import run_folder
 
@@ -102,78 +101,6 @@ HEADERS = {"acc": "Acc (%)", "nll": "NLL", "ece": "ECE", "brier": "Brier", "ood_
 def machine_info() -> dict:
     return {"nproc": os.cpu_count(), "cpu": cpu_name(), "loadavg": load_average(),
             "python": platform.python_version()}
-
-
-# ============================================================================ jobs
-@dataclass
-class Job:
-    name: str
-    argv: list[str]  # python script + flags, relative to the repository root
-    deps: list[str] = field(default_factory=list)
-    proc: subprocess.Popen | None = None
-    start: float = 0.0
-    seconds: float = 0.0
-
-
-def run_jobs(jobs: list[Job], n_parallel: int, threads: int, log_dir: Path) -> None:
-    """Run the jobs respecting their dependencies, n_parallel at a time.
-
-    A failed job stops the others; so do Ctrl-C and SIGTERM (the running children are terminated,
-    and a later invocation resumes them from their last completed epoch).
-    """
-    log_dir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
-    pending = {j.name: j for j in jobs}
-    running: dict[str, Job] = {}
-    done: set[str] = set()
-    total, t0 = len(jobs), time.time()
-    logs = {}
-
-    def on_term(signum, frame):
-        raise SystemExit(f"reproduce_small stopped by signal {signum}; run it again to resume")
-
-    previous = signal.signal(signal.SIGTERM, on_term)
-    try:
-        while pending or running:
-            for name in [n for n, j in pending.items() if all(d in done for d in j.deps)]:
-                if len(running) >= n_parallel:
-                    break
-                job = pending.pop(name)
-                logs[name] = open(log_dir / f"{name}.log", "a")  # a resumed job's log keeps the earlier runs
-                logs[name].write("$ python " + " ".join(job.argv) + "\n")
-                logs[name].flush()
-                job.start = time.time()
-                job.proc = subprocess.Popen([sys.executable, *job.argv], cwd=REPO, env=env, stdout=logs[name],
-                                            stderr=subprocess.STDOUT)
-                running[name] = job
-                print(f"[{time.time() - t0:6.0f} s] start  {name}", flush=True)
-            time.sleep(0.5)
-            for name, job in list(running.items()):
-                rc = job.proc.poll()
-                if rc is None:
-                    continue
-                job.seconds = time.time() - job.start
-                logs[name].close()
-                del running[name]
-                if rc != 0:
-                    tail = (log_dir / f"{name}.log").read_text().splitlines()[-15:]
-                    raise SystemExit(f"job {name} failed (exit {rc}); last lines of {log_dir / (name + '.log')}:\n"
-                                     + "\n".join(tail))
-                done.add(name)
-                print(f"[{time.time() - t0:6.0f} s] done   {name} ({job.seconds:.0f} s) - {len(done)}/{total}",
-                      flush=True)
-            if not running and pending and not any(all(d in done for d in j.deps) for j in pending.values()):
-                raise SystemExit(f"unsatisfiable dependencies: {sorted(pending)}")
-    finally:
-        for job in running.values():  # our own children only, by their handles
-            job.proc.terminate()
-        for job in running.values():
-            try:
-                job.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                job.proc.kill()
-                job.proc.wait()
-        signal.signal(signal.SIGTERM, previous)
 
 
 # ============================================================================ plan
@@ -578,7 +505,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.jobs} at a time x {args.threads} thread(s); OoD {','.join(ood)}; corruptions "
           f"{','.join(corruptions)}; output {out}", flush=True)
     if not args.table_only:
-        run_jobs(jobs, args.jobs, args.threads, out / "logs")
+        run_jobs(jobs, args.jobs, args.threads, out / "logs", stopped_by="reproduce_small")
     result = collect(plan)
     info["loadavg_end"] = machine_info()["loadavg"]
     info["wall_seconds"] = None if args.table_only else time.time() - start

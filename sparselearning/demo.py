@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from .jobs import REPO, Job, run_jobs
+from .runfolder import run_folder
+
 OUT = "results/demo"
 MODEL, DATA, DENSITY, TICKETS = "MLPCIFAR10", "fashionmnist", 0.2, 3
 EPOCHS = 5  # E; fits 5 minutes on 2 cores (3 x 5 dense + 9 EDST epochs of ~12 s, 2 at a time)
@@ -36,39 +36,18 @@ def common(seed: int) -> list[str]:
     return ["--model", MODEL, "--data", DATA, "--seed", str(seed), "--output-dir", OUT, "--resume", "--no-progress"]
 
 
-def training_commands() -> list[list[str]]:
+def training_jobs() -> list[Job]:
     edst = ["main_EDST.py", "--sparse", "--density", str(DENSITY), "--epochs", str(EXPLO + TICKETS * PHASE),
             "--epochs-explo", str(EXPLO), "--model-num", str(TICKETS), "--update-frequency", "200", "--nolrsche",
             *common(EDST_SEED)]
-    return [edst] + [["main_individual.py", "--epochs", str(EPOCHS), *common(s)] for s in DENSE_SEEDS]
+    return [Job("EDST", edst)] + [Job(f"dense-seed{s}", ["main_individual.py", "--epochs", str(EPOCHS), *common(s)])
+                                  for s in DENSE_SEEDS]
 
 
-def run_all(commands: list[list[str]], log_names: list[str]) -> None:
-    """Run the commands, as many at a time as there are CPUs; stop at the first failure."""
-    n = max(1, min(len(commands), os.cpu_count() or 1))
-    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // n)))
-    logs = REPO / OUT / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    queue, running = list(zip(commands, log_names)), []
-    while queue or running:
-        while queue and len(running) < n:
-            cmd, name = queue.pop(0)
-            print("$ python " + " ".join(cmd), flush=True)
-            fh = open(logs / f"{name}.log", "w")
-            running.append((subprocess.Popen([sys.executable, *cmd], cwd=REPO, env=env, stdout=fh,
-                                             stderr=subprocess.STDOUT), fh, cmd, name))
-        time.sleep(0.5)
-        for item in list(running):
-            proc, fh, cmd, name = item
-            if proc.poll() is None:
-                continue
-            fh.close()
-            running.remove(item)
-            if proc.returncode != 0:
-                for other in running:
-                    other[0].terminate()
-                tail = (logs / f"{name}.log").read_text().splitlines()[-10:]
-                sys.exit("\n".join(tail) + f"\ndemo stopped: `python {' '.join(cmd)}` failed (log: {logs / name}.log)")
+def run_all(jobs: list[Job]) -> None:
+    """The jobs, as many at a time as there are CPUs (their threads shared out); stops at the first failure."""
+    n = max(1, min(len(jobs), os.cpu_count() or 1))
+    run_jobs(jobs, n, max(1, (os.cpu_count() or 1) // n), REPO / OUT / "logs", echo_commands=True, stopped_by="demo")
 
 
 def ensemble_rows(run_dir: Path) -> dict:
@@ -103,15 +82,15 @@ def verdict(dense: dict, dense_std: dict, edst: dict, flops_rel: float, n_dense:
 
 def main() -> None:
     start = time.time()
-    base = REPO / OUT / MODEL / DATA
-    dense_root = base / "individual" / "dense"
-    edst_dir = base / f"density_{DENSITY:g}" / "EDST" / f"M={TICKETS}" / f"seed={EDST_SEED}"
-    run_all(training_commands(), ["EDST"] + [f"dense-seed{s}" for s in DENSE_SEEDS])
-    members = [dense_root / f"seed={s}" for s in DENSE_SEEDS]
+    members = [run_folder(REPO / OUT, MODEL, DATA, "dense", s) for s in DENSE_SEEDS]
+    dense_root = members[0].parent
+    edst_dir = run_folder(REPO / OUT, MODEL, DATA, "EDST", EDST_SEED, DENSITY, TICKETS)
+    run_all(training_jobs())
     if set(dense_root.iterdir()) - set(members) - {dense_root / "eval"}:
         print(f"note: {dense_root} holds other runs too; they join the deep ensemble")
-    run_all([["ensemble_freetickets.py", "--mode", "predict,calibration", "--resume", str(d.relative_to(REPO)),
-              "--data", DATA] for d in (dense_root, edst_dir)], ["eval-dense", "eval-EDST"])
+    run_all([Job(f"eval-{name}", ["ensemble_freetickets.py", "--mode", "predict,calibration", "--resume",
+                                  str(d.relative_to(REPO)), "--data", DATA])
+             for name, d in (("dense", dense_root), ("EDST", edst_dir))])
     dense_sums = [json.loads((d / "summary.json").read_text()) for d in members]
     edst_sum = json.loads((edst_dir / "summary.json").read_text())
     dense, edst = ensemble_rows(dense_root), ensemble_rows(edst_dir)
