@@ -115,7 +115,7 @@ def main() -> None:
     print(f"{len(members)} dense seeds and 1 EDST seed, {EPOCHS} epochs: an illustration, not a result "
           "(benchmarks/reproduce_small.py --regime over has replicates).")
     print("train FLOPs: relative to one dense run (RigL convention: 3x forward per step, dense gradients at "
-          "topology updates);\nparameters: non-zero weights (EDST tickets at density 0.2; biases dense).")
+          "topology updates);\nparameters: active (mask-on) weights (EDST tickets at density 0.2; biases dense).")
     print(f"tickets, summaries, logs: {OUT}/ (evaluate again with ensemble_freetickets.py --resume DIR --mode all)")
 
 
