@@ -52,6 +52,12 @@ a second invocation continues interrupted runs and re-uses finished ones (and th
     python benchmarks/reproduce_small.py --quick                # under, E=2, 1 replicate, one OoD set, one corruption
     python benchmarks/reproduce_small.py --regime over          # over, full: E=10, 3 replicates
     python benchmarks/reproduce_small.py --regime over --quick  # over, E=4, 1 replicate, one corruption
+    python benchmarks/reproduce_small.py --regime over --stop-updates-frac 0.25  # + EDST with that option, same seeds
+
+With ``--stop-updates-frac F`` every replicate also trains its EDST run again with that flag (no periodic
+topology update in the last F of each phase; same seed, under ``rep<r>/stop_updates_<F>/``) and tables it as
+one more row with its own verdicts; the notes give every sparse method's fraction of exactly-zero active
+weights in its tickets (freshly grown weights that no step has moved yet).
 
 Outputs under ``--output-dir`` (default ``results/reproduce_small/{full,quick}``, for ``over``
 ``results/reproduce_small/over/{full,quick}``): the runs, their ``eval/`` folders, ``logs/`` (one log
