@@ -4,8 +4,8 @@ Each case must end with exit code 2 and exactly one stderr line that names the p
 traceback, and write or change nothing: the case's own folder (its working directory, output folder and inputs)
 and the shared inputs (data, checkpoints) are fingerprinted before and after. Cases run two or more at a time;
 each one has a folder of its own. ImageNet/main.py cases run when that script exists. The cases run in processes
-forked from one server that has torch imported (helpers.ScriptForks: a hundred fresh interpreters cost minutes of imports);
-the first case of each script also runs as a real subprocess, and the two must agree.
+forked from one server that has torch imported (helpers.ScriptForks: a hundred fresh interpreters cost minutes of
+imports); the first case of each script also runs as a real subprocess, and the two must agree.
 """
 from __future__ import annotations
 
@@ -458,7 +458,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case_id, results):
 
 @pytest.mark.parametrize("case_id", sorted(REAL_PROCESS_IDS))
 def test_forked_runs_are_what_a_real_process_does(case_id, results):
-    """Same exit code, same stderr (up to the case folder's path), nothing written either way."""
+    """Same exit code, same stderr byte for byte (the same folder path), nothing written either way."""
     r = results["cases"][case_id].result
     assert (r["real"]["code"], r["real"]["stderr"]) == (r["code"], r["stderr"])
     assert r["real"]["after"] == r["after"] == r["before"]
