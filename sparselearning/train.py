@@ -33,9 +33,9 @@ from .data import DatasetSpec
 from .errors import MaskDesyncError, UsageError
 from .loop import NonFiniteLossError, autocast_context, dense_gradients, evaluate_model, train_one_epoch
 from .provenance import provenance
-from .run_outputs import (CURVES_PNG, METRICS_CSV, TENSORBOARD_DIR, TensorBoardLog, curves_title, plot_curves,
-                          write_metrics_csv)
-from .runfolder import RunLock, file_id, fmt_density
+from .run_outputs import (CURVES_PNG, METRICS_CSV, TENSORBOARD_DIR, LogLines, TensorBoardLog, curves_title,
+                          density_label, plot_curves, topology_update_plan, write_metrics_csv)
+from .runfolder import RunLock, file_id
 
 # flags that may differ between an interrupted run and its --resume
 RESUME_FREE_FLAGS = frozenset({"resume", "overwrite", "device", "no_cuda", "workers", "log_interval", "data_dir",
@@ -161,6 +161,8 @@ class Run:
                                    no_update_windows=self.schedule.update_free_windows(
                                        steps_per_epoch, args.stop_updates_frac))
             self.masking.add_module(self.model, **plan.sparse_init)
+            self.update_plan = topology_update_plan(self.schedule, self.masking.update_frequency, steps_per_epoch,
+                                                    self.masking.no_update_windows)
         shape = (self.spec.in_channels, self.spec.image_size, self.spec.image_size)
         self.profile = profile_model(self.model, shape, list(self.masking.masks) if self.masking else None)
         self.flops = FlopsAccountant(self.profile, self.masking.layer_densities() if self.masking else {},
@@ -323,6 +325,8 @@ class Run:
                             "global_batch_size": self.args.batch_size * self.world.size},
             **({"dataset": self.data.summary} if self.data.summary else {}),
             "tickets": [self.tickets[k] for k in sorted(self.tickets)],
+            **({"topology_updates": {"done": self.masking.num_updates, "planned_per_phase": self.update_plan}}
+               if self.masking else {}),
             "history": self.history, "elapsed_seconds": self.elapsed,
         }
 
@@ -352,14 +356,16 @@ class Run:
                 group["lr"] = lr
             if self.data.start_epoch is not None:
                 self.data.start_epoch(epoch)
-            start = time.time()
+            start, updates_before = time.time(), self.masking.num_updates if self.masking else 0
             stats = train_one_epoch(self.net, self.train_loader, self.optimizer, self.masking, self.flops,
                                     autocast=self.autocast, scaler=self.scaler, criterion=self.plan.criterion,
                                     **self.step_hooks(epoch, lr), epoch=epoch, progress=self.plan.progress,
                                     desc=f"epoch {epoch}/{self.total_epochs}", total=len(self.train_loader))
+            updates = self.masking.num_updates - updates_before if self.masking else None  # periodic ones
             self.epoch = epoch
             self.end_of_epoch(epoch, stats)
             self.elapsed += time.time() - start
+            self.history[-1].update(topology_updates=updates, epoch_seconds=time.time() - start)
             if self.writing:
                 ckpt.atomic_save(self.resume_state(), self.run_dir / "last.pth")
             self.write_summary("running")
@@ -370,10 +376,11 @@ class Run:
     def write_curves(self) -> None:
         """curves.png from the per-epoch history (loss, accuracy, LR, density, exploration; phases marked)."""
         if self.writing:
-            density = f"density {fmt_density(self.masking.density())}" if self.masking else "dense"
+            density = density_label(self.masking.density() if self.masking else None)
             plot_curves(self.history, self.run_dir / CURVES_PNG,
                         title=curves_title(self.kind, self.args.model, self.plan.dataset, density),
-                        reexplore_after=self.schedule.reexplore_epochs)
+                        reexplore_after=self.schedule.reexplore_epochs,
+                        ticket_epochs=[t["epoch"] for t in self.tickets.values()])
 
     def step_hooks(self, epoch: int, lr: float) -> dict:
         """Per-iteration warm-up of the LR, and the running training loss every plan.log_every iterations."""
@@ -471,7 +478,7 @@ def start_run(run: Run) -> dict:
     The lock comes first, so that two runs started together into one folder cannot both find it
     free; bad input found before training leaves nothing behind (see RunLock).
     """
-    with RunLock(run.run_dir, enabled=run.world.is_main) as lock:
+    with RunLock(run.run_dir, enabled=run.world.is_main) as lock, LogLines() as lines:
         resume_from = run.check_output_folder()
         run.build()  # loads data and the pretrained model: bad input fails here
         if resume_from is not None:
@@ -480,10 +487,10 @@ def start_run(run: Run) -> dict:
             run.remove_old_run()
         lock.keep()
         run.writing = run.world.is_main
-        return train_reporting_errors(run)
+        return train_reporting_errors(run, lines)
 
 
-def train_reporting_errors(run: Run) -> dict:
+def train_reporting_errors(run: Run, lines: LogLines | None = None) -> dict:
     """Join the ranks and train, with a non-finite loss, a failed write or a mask desync reported in one line."""
     try:
         run.connect()
@@ -491,6 +498,8 @@ def train_reporting_errors(run: Run) -> dict:
         changed = " ".join(f"--{k}={v}" for k, v in sorted(run.fingerprint().items()) if defaults.get(k) != v)
         run.log(f"{run.plan.program} started {datetime.datetime.now().isoformat(timespec='seconds')} on "
                 f"{run.device}{run.plan.start_note}: {changed} (all flags in summary.json)")
+        if lines is not None:  # what the build logged (the sparse layers, a schedule warning), then the rest
+            lines.forward_to(run.log)
         run.provenance = provenance(device=run.device)
         run.write_summary("running")
         if run.writing and run.args.tensorboard:
