@@ -70,3 +70,21 @@ def test_a_run_warns_of_no_updates_and_records_the_updates_per_epoch(fmnist_dir,
     else:
         assert warnings == []
     assert "sparse Conv2d.weight" in log  # the Masking's table of sparse layers
+
+
+def test_a_shortened_imagenet_run_says_which_reexplorations_are_left_out(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("imagenet_main", Path(__file__).parents[1] / "ImageNet" / "main.py")
+    imain = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(imain)
+    # 2 epochs: the paper's re-explorations after 100, 170 and 240 of 310 scale to 1, 1 and 2: only one fits
+    _, sched, _ = imain.parse(["/d", "--epochs", "2"])
+    out = capsys.readouterr().out
+    assert sched.reexplore_epochs == (1,)
+    warnings = [ln for ln in out.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 1 and "only 1 of the paper's 3 re-explorations fit in --epochs 2" in warnings[0]
+    assert "2 tickets, not 4" in warnings[0]
+    imain.parse(["/d", "--epochs", "90"])  # all three fit: no warning
+    assert "warning" not in capsys.readouterr().out
