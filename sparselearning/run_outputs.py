@@ -3,8 +3,9 @@
 All three are built from the run's per-epoch history (the rows of summary.json's "history", one
 dict per epoch: epoch, lr, train_loss, train_acc, val_loss, val_acc, [val_top5], phase, density,
 exploration_rate, training_flops, topology_updates (periodic updates in the epoch's training steps; empty
-for a dense run), epoch_seconds (wall time of the epoch's training and validation)). They are views of that history and can be rebuilt from it at
-any time, so on --resume they are simply rewritten from the restored history.
+for a dense run), epoch_seconds (wall time of the epoch's training and validation)). They are views of
+that history and can be rebuilt from it at any time, so on --resume they are simply rewritten from the
+restored history.
 
 - :func:`write_metrics_csv`: one row per epoch, stable column order, written atomically;
 - :func:`plot_curves`: curves.png (loss, accuracy, LR, density, exploration rate, training FLOPs

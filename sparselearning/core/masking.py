@@ -6,6 +6,9 @@ algorithm lives in a small pure function (density.py, death.py, growth.py, redis
 schedules.py) and this class only composes them and keeps the state.
 
 Semantics, chosen on purpose (see the README's "Decisions"):
+- What is sparse: the weights of DEFAULT_LAYER_TYPES (every Linear, Conv and ConvTranspose kernel and the
+  attention projections), or what layer_types / include / exclude choose; add_module logs a table of the
+  sparse and dense parameters. density() is of the sparse layers, model_density() of all parameters.
 - Gradients are computed dense. ``step()`` zeroes them at inactive positions before the optimizer
   step, so weights, momentum and Adam moments stay exactly zero there (weight decay cannot
   revive a pruned weight). On a topology-update step the dense gradient is kept for growth.
@@ -102,13 +105,14 @@ def coverage_table(model: nn.Module, sparse: Mapping[str, int]) -> str:
     total = sum(r[1] for r in groups.values())
     active = sum(r[2] for r in groups.values())
     sparse_total = sum(r[1] for (k, _), r in groups.items() if k == "sparse")
-    lines = [f"masking: {len(sparse)} sparse weight tensors at density {sum(sparse.values()) / max(sparse_total, 1):.4f}"
-             f"; model density {active / max(total, 1):.4f} ({active:,} of {total:,} parameters active)",
+    density = sum(sparse.values()) / max(sparse_total, 1)
+    lines = [f"masking: {len(sparse)} sparse weight tensors at density {density:.4f}; model density {active / max(total, 1):.4f} ({active:,} of {total:,} parameters active)",
              f"  {'':6s} {'parameter':36s} {'tensors':>7s} {'weights':>13s} {'density':>8s}"]
     for (kind, what), (tensors, weights, act) in sorted(groups.items(), key=lambda kv: (kv[0][0] != "sparse", kv[0])):
         lines.append(f"  {kind:6s} {what:36s} {tensors:7d} {weights:13,d} {act / max(weights, 1):8.4f}")
     if dense_matrices:
-        shown = ", ".join(dense_matrices[:6]) + (f" and {len(dense_matrices) - 6} more" if len(dense_matrices) > 6 else "")
+        more = len(dense_matrices) - 6
+        shown = ", ".join(dense_matrices[:6]) + (f" and {more} more" if more > 0 else "")
         lines.append(f"  dense weight matrices: {shown} (sparsify them with include= or layer_types=)")
     return "\n".join(lines)
 

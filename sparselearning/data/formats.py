@@ -119,13 +119,13 @@ def _unpickle_cifar(path: Path) -> dict:
         with open(path, "rb") as fh:
             obj = CifarUnpickler(fh, encoding="bytes").load()
     except RefusedPickle as err:
-        raise UsageError(f"{path} was refused: {one_line(err)}, which a CIFAR batch never does - it may run "
-                         f"code; delete it and re-download the dataset") from None
+        raise DataFileError(f"{path} was refused: {one_line(err)}, which a CIFAR batch never does - it may run "
+                            f"code; delete it and re-download the dataset") from None
     except (pickle.UnpicklingError, EOFError, ValueError) as err:  # e.g. truncated: damaged, not dangerous
-        raise UsageError(f"cannot read the CIFAR batch {path}: it is damaged or truncated ({one_line(err)}); "
-                         f"re-download the dataset") from None
+        raise DataFileError(f"cannot read the CIFAR batch {path}: it is damaged or truncated ({one_line(err)}); "
+                            f"re-download the dataset") from None
     if not isinstance(obj, dict):
-        raise UsageError(f"{path} holds a {type(obj).__name__}, not a CIFAR batch dict; re-download the dataset")
+        raise DataFileError(f"{path} holds a {type(obj).__name__}, not a CIFAR batch dict; re-download the dataset")
     # keys as torchvision reads them: the release's bytes keys (Python 2) or str keys (written by Python 3)
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
@@ -169,28 +169,28 @@ def read_idx(path: Path) -> np.ndarray:
     with _open_maybe_gz(path) as fh:
         raw = bytearray(fh.read())  # writable, so the tensors made from it are too
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise UsageError(f"{path} is not an idx file (bad magic number); re-download the dataset")
+        raise DataFileError(f"{path} is not an idx file (bad magic number); re-download the dataset")
     dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
     code, ndim = raw[2], raw[3]
     if code not in dtypes:
-        raise UsageError(f"{path} has unknown idx data type 0x{code:02x}; re-download the dataset")
+        raise DataFileError(f"{path} has unknown idx data type 0x{code:02x}; re-download the dataset")
     dims = np.frombuffer(raw, dtype=">i4", count=ndim, offset=4).astype(np.int64)
     dtype = np.dtype(dtypes[code])
     offset = 4 + 4 * ndim
     count = int(np.prod(dims)) if ndim else 0
     if len(raw) - offset < count * dtype.itemsize:
-        raise UsageError(f"{path} is truncated ({len(raw)} bytes for shape {tuple(dims)}); re-download it")
+        raise DataFileError(f"{path} is truncated ({len(raw)} bytes for shape {tuple(dims)}); re-download it")
     return np.frombuffer(raw, dtype=dtype, count=count, offset=offset).reshape(tuple(dims))
 
 
 def _read_idx_pair(name: str, images_file: Path, labels_file: Path) -> tuple[np.ndarray, np.ndarray]:
     x, y = read_idx(images_file), read_idx(labels_file)
     if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
-        raise UsageError(f"{images_file} / {labels_file} have shapes {x.shape} / {y.shape}, "
-                         "expected (N,H,W) images and (N,) labels; re-download the dataset")
+        raise DataFileError(f"{images_file} / {labels_file} have shapes {x.shape} / {y.shape}, "
+                            "expected (N,H,W) images and (N,) labels; re-download the dataset")
     if x.dtype != np.uint8 or x.shape[1:] != IMAGE_SHAPES[name][1:]:
-        raise UsageError(f"{images_file} holds {x.dtype} images of {x.shape[1]}x{x.shape[2]} pixels, expected "
-                         f"uint8 {IMAGE_SHAPES[name][1]}x{IMAGE_SHAPES[name][2]}; re-download the dataset")
+        raise DataFileError(f"{images_file} holds {x.dtype} images of {x.shape[1]}x{x.shape[2]} pixels, expected "
+                            f"uint8 {IMAGE_SHAPES[name][1]}x{IMAGE_SHAPES[name][2]}; re-download the dataset")
     y = y.astype(np.int64)
     check_labels(y, NUM_LABELS[name], labels_file)
     return x[:, None], y
@@ -203,7 +203,7 @@ def _read_svhn(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         mat = scipy.io.loadmat(str(path))
     except Exception as err:  # corrupt / truncated file
-        raise UsageError(f"cannot read {path} ({one_line(err)}); delete it and re-download SVHN") from None
+        raise DataFileError(f"cannot read {path} ({one_line(err)}); delete it and re-download SVHN") from None
     if "X" not in mat or "y" not in mat or mat["X"].ndim != 4 or mat["X"].shape[:3] != (32, 32, 3):
         raise DataFileError(f"{path} lacks SVHN's X (32,32,3,N) / y arrays; re-download SVHN")
     x = np.ascontiguousarray(np.transpose(mat["X"], (3, 2, 0, 1)))
