@@ -196,16 +196,27 @@ class Member(Checkpointable):
             raise RuntimeError(f"`python {self.script} {' '.join(argv)}` failed (exit {code})")
         return code
 
-    def checkpoint(self, *args, **kwargs):
+    def checkpoint(self, *args, **kwargs) -> DelayedSubmission:
         """SLURM's warning: stop the training (it keeps its last complete checkpoint), go on with --resume."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        if self._proc is not None:
+            stop_child(self._proc.pid)
         return DelayedSubmission(self.resumed())
+
+
+def stop_child(pid: int, grace_s: float = 120) -> None:
+    """SIGTERM, then SIGKILL after grace_s; reaped with os.waitpid, since this runs in a signal handler that may
+    have interrupted Popen.wait (which holds a lock a second Popen.wait would wait on forever)."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while os.waitpid(pid, os.WNOHANG)[0] == 0:
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return
+            time.sleep(0.1)
+    except (ProcessLookupError, ChildProcessError):  # already ended and reaped
+        pass
 
 
 def submit(executor, members: list[Member]) -> list:
