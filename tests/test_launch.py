@@ -178,7 +178,8 @@ def test_a_preempted_member_is_requeued_and_resumes_bit_identical(slurm, tmp_pat
 @pytest.mark.slow
 def test_local_members_train_then_stopped_members_resume_bit_identical(tmp_path):
     data = write_fashion_mnist(tmp_path / "data", n_train=200, n_test=40)
-    flags = [*FLAGS, "--epochs", "4", "--data-dir", str(data), "--seeds", "1,2", "--launcher", "local"]
+    # --parallel 2 in both: it sets the members' CPU threads, and with them the float rounding
+    flags = [*FLAGS, "--epochs", "4", "--data-dir", str(data), "--seeds", "1,2", "--launcher", "local", "--parallel", "2"]
     run = Path("cnn-small/fashionmnist/density_0.2/DST")
     ref = tmp_path / "ref"
     r = script("main_DST.py", *flags, "--output-dir", ref, timeout=900)
@@ -189,7 +190,7 @@ def test_local_members_train_then_stopped_members_resume_bit_identical(tmp_path)
         assert ckpt.safe_load(ref / run / f"seed={seed}" / "last.pth")["flags"]["seed"] == seed
     # the same members two at a time, stopped (SIGTERM) once one has saved an epoch, then resumed
     out = tmp_path / "out"
-    cmd = [sys.executable, str(REPO / "main_DST.py"), *flags, "--output-dir", str(out), "--parallel", "2"]
+    cmd = [sys.executable, str(REPO / "main_DST.py"), *flags, "--output-dir", str(out)]
     launcher = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
     while not any((out / run / f"seed={s}" / "last.pth").exists() for s in (1, 2)):
