@@ -57,6 +57,11 @@ def add_launcher_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--parallel", type=int, default=1, metavar="N",
                    help="local: members running at once (CPU threads shared out between them)")
     g.add_argument("--wait", action="store_true", help="slurm: wait for the jobs, a line per member as it ends")
+    add_slurm_args(g)
+
+
+def add_slurm_args(g) -> None:
+    """The --slurm-* flags (a parser or an argument group)."""
     g.add_argument("--slurm-partition", default=None, help="slurm: partition (sbatch --partition)")
     g.add_argument("--slurm-gpus-per-node", type=int, default=None, metavar="G",
                    help="slurm: GPUs per job (ImageNet/main.py: G processes per node, one per GPU)")
@@ -151,7 +156,7 @@ def slurm_settings(opts: argparse.Namespace, output_dir: Path, name: str, distri
             raise UsageError(f"--slurm-extra {item!r}: give KEY=VALUE with an sbatch option name, e.g. qos=high")
         extra[key.replace("-", "_")] = value
     params["additional_parameters"] = extra
-    slurm = Slurm(output_dir / "slurm", {k: v for k, v in params.items() if v is not None}, opts.wait)
+    slurm = Slurm(output_dir / "slurm", {k: v for k, v in params.items() if v is not None}, getattr(opts, "wait", False))
     slurm.executor()  # submitit checks the parameters now, before anything is submitted
     return slurm
 

@@ -205,3 +205,33 @@ def test_local_members_train_then_stopped_members_resume_bit_identical(tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     for seed in (1, 2):
         assert_same_run(out / run / f"seed={seed}", ref / run / f"seed={seed}")
+
+
+def test_reproduce_small_submits_its_runs_with_their_dependencies(slurm, tmp_path, capsys):
+    from test_benchmarks import load
+
+    rs = load("reproduce_small")
+    out = tmp_path / "rs"
+    rs.main(["--quick", "--output-dir", str(out), "--launcher", "slurm", "--slurm-partition", "P"])
+    ids = {}  # job name -> SLURM job id, from the printed lines
+    for line in capsys.readouterr().out.splitlines():
+        m = re.fullmatch(r"(\d+(?:_\d+)?)  (r\d-[\w-]+)(?:  after .*)?", line)
+        if m:
+            ids[m.group(2)] = m.group(1)
+    plan = rs.make_plan(rs.build_arg_parser(), rs.build_arg_parser().parse_args(["--quick", "--output-dir", str(out)]))
+    names = [j.name for j in rs.build_jobs(plan)]
+    assert sorted(ids) == sorted(names)
+    scripts = submitted(slurm)
+    dependency = {job_id: sbatch_options(text).get("dependency") for job_id, text in scripts.items()}
+    assert all(sbatch_options(text)["partition"] == "P" for text in scripts.values())
+
+    def dep_of(name: str) -> str | None:
+        return dependency[ids[name].split("_")[0]]
+
+    seeds = plan.seeds(0)
+    for s in seeds:  # every PF member waits for its own dense model
+        assert dep_of(f"r0-PF-s{s}") == f"afterok:{ids[f'r0-dense-s{s}']}"
+        assert dep_of(f"r0-dense-s{s}") is None and dep_of(f"r0-DST-s{s}") is None
+    assert sorted(dep_of("r0-eval-PF").removeprefix("afterok:").split(":")) == sorted(
+        ids[f"r0-PF-s{s}"] for s in seeds)
+    assert not list(out.glob("rep*/**/summary.json"))  # nothing ran here
