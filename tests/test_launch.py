@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, assert_one_line_error, assert_same_run, tree_state, write_fashion_mnist
+from helpers import REPO, assert_one_line_error, assert_same_run, same, tree_state, write_fashion_mnist
 from sparselearning import checkpoint as ckpt
 from sparselearning.errors import UsageError
 from sparselearning.jobs import Job
@@ -235,3 +235,49 @@ def test_reproduce_small_submits_its_runs_with_their_dependencies(slurm, tmp_pat
     assert sorted(dep_of("r0-eval-PF").removeprefix("afterok:").split(":")) == sorted(
         ids[f"r0-PF-s{s}"] for s in seeds)
     assert not list(out.glob("rep*/**/summary.json"))  # nothing ran here
+
+
+# ------------------------------------------------------------------ ImageNet: one SLURM job of N nodes x G processes
+def test_imagenet_is_one_job_of_nodes_times_gpus(slurm, tmp_path):
+    from test_imagenet import COMMON, MAIN, write_image_folder
+
+    data = write_image_folder(tmp_path / "data", train_per_class=2, val_per_class=1)
+    r = subprocess.run([sys.executable, str(MAIN), *COMMON, "--output-dir", str(tmp_path / "out"), str(data),
+                        "--launcher", "slurm", "--slurm-nodes", "2", "--slurm-gpus-per-node", "4",
+                        "--slurm-partition", "P"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    (job_id, script_text), = submitted(slurm).items()
+    opts = sbatch_options(script_text)
+    assert (opts["nodes"], opts["ntasks-per-node"], opts["gpus-per-node"]) == ("2", "4", "4")
+    assert "array" not in opts and r.stdout.startswith(f"{job_id}  {tmp_path / 'out'}")
+
+
+@pytest.mark.slow
+def test_imagenet_job_sets_up_ddp_from_slurm_and_trains_as_torchrun_does(slurm, tmp_path):
+    """The two processes SLURM would start (no torchrun): the same tickets as a torchrun run of 2 processes."""
+    from test_imagenet import COMMON, MAIN, RUN_DIR, torchrun, write_image_folder
+
+    data = write_image_folder(tmp_path / "data")
+    ref = tmp_path / "ref"
+    r = torchrun(*COMMON, "--output-dir", ref, data)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, str(MAIN), *COMMON, "--output-dir", str(out), str(data), "--launcher",
+                        "slurm", "--slurm-gpus-per-node", "2"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    (job_id, _), = submitted(slurm).items()
+    tasks = []
+    for rank in (0, 1):
+        env = dict(os.environ, SUBMITIT_EXECUTOR="slurm", SLURM_JOB_ID=job_id, SLURM_PROCID=str(rank),
+                   SLURM_LOCALID=str(rank), SLURM_NTASKS="2", SLURM_JOB_NUM_NODES="1", SLURM_NODEID="0",
+                   SLURM_JOB_NODELIST="localhost")
+        tasks.append(subprocess.Popen([sys.executable, "-u", "-m", "submitit.core._submit", str(out / "slurm" / "%j")],
+                                      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    logs = [t.communicate(timeout=600)[0] for t in tasks]
+    assert [t.returncode for t in tasks] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    names = sorted(p.name for p in (ref / RUN_DIR).glob("model_*.pth"))
+    assert names == sorted(p.name for p in (out / RUN_DIR).glob("model_*.pth")) and names
+    for name in names:
+        a, b = ckpt.load_ticket(ref / RUN_DIR / name), ckpt.load_ticket(out / RUN_DIR / name)
+        assert same(ckpt.ticket_state_dict(a), ckpt.ticket_state_dict(b)), name
+        assert same(ckpt.ticket_masks(a), ckpt.ticket_masks(b)), name
