@@ -79,14 +79,14 @@ def add_slurm_args(g) -> None:
 
 
 def drop_launcher_flags(args: argparse.Namespace) -> None:
-    """Remove the launcher's flags from a single run's flags (no run setting; its summary does not list them);
-    refuse SLURM flags on a run that is not submitted."""
+    """Remove the launcher's flags from a run's flags (no run setting; its summary does not list them); refuse
+    launcher flags on a single run here (launch_members handles the rest before a run parses its flags)."""
     defaults = vars(launcher_parser().parse_args([]))
     given = {k for k, v in defaults.items() if getattr(args, k, v) != v}
     for dest in defaults:
         args.__dict__.pop(dest, None)
     stray = sorted(k for k in given if k.startswith("slurm_") or k in ("wait", "parallel"))
-    if stray:
+    if stray and not {"seeds", "launcher"} & given:
         flag = "--" + stray[0].replace("_", "-")
         raise UsageError(f"{flag} is for launches with --seeds or --launcher slurm; add one of those or drop {flag}")
 
