@@ -233,20 +233,26 @@ def submit(executor, members: list[Member]) -> list:
     return jobs
 
 
-def wait_for(jobs: list, labels: list[str]) -> None:
-    """A line per job as it ends, then a summary; exit code 1 when any failed."""
-    pending, failed = dict(zip([j.job_id for j in jobs], zip(jobs, labels))), []
+def wait_for(jobs: list, labels: list[str], poll_s: float = 30) -> None:
+    """A line per job as it ends (submitit's result of the job), then a summary; exit code 1 when any failed."""
+    pending, failed = dict(zip(jobs, labels)), []
     while pending:
-        for job_id, (job, label) in list(pending.items()):
-            if job.done():
-                state = job.state
-                print(f"{job_id}  {state:<10s} {label}", flush=True)
-                if state != "COMPLETED":
-                    failed.append(job_id)
-                del pending[job_id]
-        time.sleep(10 if pending else 0)
-    print(f"{len(jobs) - len(failed)} of {len(jobs)} jobs completed" + (f"; failed: {', '.join(failed)} (logs: "
-                                                                         f"the slurm/ folder)" if failed else ""))
+        for job, label in list(pending.items()):
+            if not job.done():
+                continue
+            try:
+                error = job.exception()
+            except Exception as err:  # ended without a result (cancelled, killed)
+                error = err
+            outcome = "done" if error is None else "failed: " + (str(error).strip().splitlines() or ["?"])[-1][:200]
+            print(f"{job.job_id}  {label}  {outcome}", flush=True)
+            if error is not None:
+                failed.append(job.job_id)
+            del pending[job]
+        if pending:
+            time.sleep(poll_s)
+    print(f"{len(jobs) - len(failed)} of {len(jobs)} jobs done" + (f"; failed: {', '.join(failed)} (their logs are "
+                                                                   f"in the slurm/ folder)" if failed else ""))
     if failed:
         raise SystemExit(1)
 

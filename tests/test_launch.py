@@ -281,3 +281,29 @@ def test_imagenet_job_sets_up_ddp_from_slurm_and_trains_as_torchrun_does(slurm, 
         a, b = ckpt.load_ticket(ref / RUN_DIR / name), ckpt.load_ticket(out / RUN_DIR / name)
         assert same(ckpt.ticket_state_dict(a), ckpt.ticket_state_dict(b)), name
         assert same(ckpt.ticket_masks(a), ckpt.ticket_masks(b)), name
+
+
+class FinishedJob:
+    """What wait_for reads of a submitit job."""
+
+    def __init__(self, job_id, error=None, done_after=0):
+        self.job_id, self.error, self.polls = job_id, error, done_after
+
+    def done(self):
+        self.polls -= 1
+        return self.polls < 0
+
+    def exception(self):
+        return self.error
+
+
+def test_wait_prints_a_line_per_member_as_it_ends_and_a_summary(capsys):
+    from sparselearning.launch import wait_for
+
+    jobs = [FinishedJob("7_0", done_after=1), FinishedJob("7_1", RuntimeError("Traceback...\nexit 2"))]
+    with pytest.raises(SystemExit) as exc:
+        wait_for(jobs, ["seed=1", "seed=2"], poll_s=0)
+    assert exc.value.code == 1
+    assert capsys.readouterr().out.splitlines() == [
+        "7_1  seed=2  failed: exit 2", "7_0  seed=1  done", "1 of 2 jobs done; failed: 7_1 (their logs are in the "
+                                                             "slurm/ folder)"]
