@@ -130,9 +130,9 @@ def slurm_settings(opts: argparse.Namespace, output_dir: Path, name: str, distri
     if missing:
         raise UsageError(f"--launcher slurm needs SLURM, but {' and '.join(missing)} is not on PATH; run it on the "
                          f"cluster's login node, or use --launcher local")
-    for flag, value, low in (("gpus-per-node", opts.slurm_gpus_per_node, 0), ("cpus-per-task", opts.slurm_cpus_per_task, 1),
-                             ("timeout-min", opts.slurm_timeout_min, 1), ("nodes", opts.slurm_nodes, 1),
-                             ("array-parallelism", opts.slurm_array_parallelism, 1)):
+    for flag, value, low in (("gpus-per-node", opts.slurm_gpus_per_node, 0),
+                             ("cpus-per-task", opts.slurm_cpus_per_task, 1), ("timeout-min", opts.slurm_timeout_min, 1),
+                             ("nodes", opts.slurm_nodes, 1), ("array-parallelism", opts.slurm_array_parallelism, 1)):
         if value is not None and value < low:
             raise UsageError(f"--slurm-{flag} must be at least {low}, got {value}")
     if opts.slurm_mem_gb is not None and not opts.slurm_mem_gb > 0:
@@ -156,7 +156,8 @@ def slurm_settings(opts: argparse.Namespace, output_dir: Path, name: str, distri
             raise UsageError(f"--slurm-extra {item!r}: give KEY=VALUE with an sbatch option name, e.g. qos=high")
         extra[key.replace("-", "_")] = value
     params["additional_parameters"] = extra
-    slurm = Slurm(output_dir / "slurm", {k: v for k, v in params.items() if v is not None}, getattr(opts, "wait", False))
+    slurm = Slurm(output_dir / "slurm", {k: v for k, v in params.items() if v is not None},
+                  wait=getattr(opts, "wait", False))
     slurm.executor()  # submitit checks the parameters now, before anything is submitted
     return slurm
 
@@ -187,12 +188,9 @@ class Member(Checkpointable):
         argv = self.argv
         if int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0:  # requeued by SLURM itself (preemption)
             argv = self.resumed().argv
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
         if self.distributed:  # RANK, WORLD_SIZE, MASTER_ADDR... from SLURM's: the torchrun code path, no torchrun
-            dist = TorchDistributedEnvironment()
-            env.update(RANK=str(dist.rank), LOCAL_RANK=str(dist.local_rank), WORLD_SIZE=str(dist.world_size),
-                       LOCAL_WORLD_SIZE=str(dist.local_world_size), MASTER_ADDR=dist.master_addr,
-                       MASTER_PORT=str(dist.master_port))
+            TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
         # the child ignores SLURM's USR2 (meant for submitit here); checkpoint() stops it with SIGTERM
         self._proc = subprocess.Popen([sys.executable, self.script, *argv], cwd=self.cwd, env=env,
                                       preexec_fn=lambda: signal.signal(signal.SIGUSR2, signal.SIG_IGN))

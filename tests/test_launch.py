@@ -179,7 +179,8 @@ def test_a_preempted_member_is_requeued_and_resumes_bit_identical(slurm, tmp_pat
 def test_local_members_train_then_stopped_members_resume_bit_identical(tmp_path):
     data = write_fashion_mnist(tmp_path / "data", n_train=200, n_test=40)
     # --parallel 2 in both: it sets the members' CPU threads, and with them the float rounding
-    flags = [*FLAGS, "--epochs", "4", "--data-dir", str(data), "--seeds", "1,2", "--launcher", "local", "--parallel", "2"]
+    flags = [*FLAGS, "--epochs", "4", "--data-dir", str(data), "--seeds", "1,2", "--launcher", "local",
+             "--parallel", "2"]
     run = Path("cnn-small/fashionmnist/density_0.2/DST")
     ref = tmp_path / "ref"
     r = script("main_DST.py", *flags, "--output-dir", ref, timeout=900)
