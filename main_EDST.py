@@ -1,7 +1,7 @@
 """Train an EDST ensemble: one run, M free tickets."""
 from sparselearning.errors import run_cli
 from sparselearning.launch import launch_members
-from sparselearning.train import main
+from sparselearning.recipes import main
 
 if __name__ == "__main__":
     launch_members("EDST")  # --seeds / --launcher slurm: starts the members and exits

@@ -308,17 +308,10 @@ def member_argvs(argv: list[str], seeds: list[int]) -> list[list[str]]:
 def cifar_member(script: str) -> Callable[[list[str]], tuple[Path, Path]]:
     """main_<script>.py's check of one member's flags: (its run folder, the output root)."""
     def check(argv: list[str]) -> tuple[Path, Path]:
-        from .cli import build_parser, validate
-        from .recipes import cifar_kind
-        from .runfolder import run_folder
+        from .recipes import cifar_run_dir, parse
 
-        args = build_parser(script).parse_args(argv)
-        validate(script, args)
-        density = 1 - args.PF_rate if script == "PF" else args.density
-        kind = cifar_kind(script, args)
-        run_dir = run_folder(args.output_dir, args.model, args.data, kind, args.seed,
-                             density if kind != "dense" else 1.0, getattr(args, "model_num", 1))
-        return run_dir, Path(args.output_dir)
+        args, _ = parse(script, argv)
+        return cifar_run_dir(script, args), Path(args.output_dir)
     return check
 
 
