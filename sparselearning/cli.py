@@ -19,6 +19,7 @@ from models import MODEL_NAMES
 from .core import death, growth, redistribution, schedules
 from .core.schedules import DEATH_SCHEDULES, Schedule
 from .errors import OneLineArgumentParser, UsageError
+from .launch import add_launcher_args, drop_launcher_flags
 from .run_outputs import check_tensorboard
 
 SCRIPTS = ("individual", "DST", "EDST", "PF")
@@ -104,6 +105,7 @@ def common_parser(prog: str, description: str) -> OneLineArgumentParser:
     s.add_argument("--compile", action="store_true", help="torch.compile the model for training (the first steps "
                                                            "compile); tickets and last.pth stay plain state_dicts")
     add_sparse_args(parser)
+    add_launcher_args(parser)
     return parser
 
 
@@ -200,6 +202,7 @@ def _unit(flag: str, value: float) -> None:
 
 def validate_common(args: argparse.Namespace) -> None:
     """Checks of the common flags (every training script)."""
+    drop_launcher_flags(args)
     for name, value in vars(args).items():  # inf/nan pass the range checks below (or make them pass)
         if isinstance(value, float) and not math.isfinite(value):
             flag = name if name == "valid_split" else name.replace("_", "-")
