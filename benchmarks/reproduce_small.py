@@ -78,6 +78,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from sparselearning.costs import ensemble_training_flops, run_cost
 from sparselearning.jobs import Job, run_jobs
 from sparselearning.machine import cpu_name, load_average
 from sparselearning.runfolder import run_folder
@@ -283,9 +284,10 @@ def collect(plan: Plan) -> dict:
         for method in plan.methods()[1:]:
             rows = rows_deep if method == "deep" else load_rows(plan.ensemble_dir(method, r))
             sums = [summary(d) for d in plan.runs_of(method, r)]
-            flops = sum(s["training_flops"] for s in sums)
-            if method == "PF":  # the dense pre-training of each member counts
-                flops += sum(s["training_flops"] for s in dense_runs)
+            # the one accounting (sparselearning.costs): PF's dense pre-training read from its --pretrained run
+            flops = ensemble_training_flops([run_cost(s, d) for s, d in zip(sums, plan.runs_of(method, r))])
+            if flops is None:
+                raise SystemExit(f"{method}: the summary.json of a pre-trained model is missing; rerun its dense run")
             if method.startswith("EDST"):  # M tickets of one run, each with the run's mask size
                 params = len(sums[0]["tickets"]) * sums[0]["parameters"]["active"]
             else:
