@@ -7,19 +7,16 @@ D = 3 * 2000 * 90 = 540,000 FLOPs and one sparse epoch 3 * 600 * 90 = 162,000.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import shutil
-import sys
 
 import pytest
 import torch
 
-from helpers import REPO, run_cli_captured, write_fashion_mnist
+from helpers import run_cli_captured, write_fashion_mnist
 from models import get_model
 from sparselearning import costs
 from sparselearning.checkpoint import atomic_save, build_ticket
-from sparselearning.core.flops import FlopsProfile
 from sparselearning.evaluation import main
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -231,15 +228,3 @@ def test_pf_cost_needs_its_pretraining(tmp_path):
     gone = costs.run_cost(pf[1], tmp_path / "runs/density_0.5/PF/seed=2")
     assert gone.pretraining_flops is None and "pre-trained model" in gone.why_unknown
     assert costs.ensemble_training_flops([runs[0], gone]) is None
-
-
-def test_flops_table_pf_formula_is_the_same_accounting():
-    """flops_table.py's PF ensemble for the test's model equals the hand count the compare test checks."""
-    spec = importlib.util.spec_from_file_location("bench_flops_table_pf", REPO / "benchmarks" / "flops_table.py")
-    flops_table = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = flops_table  # its dataclasses look their module up
-    spec.loader.exec_module(flops_table)
-    profile = FlopsProfile(layers={"w": 1750}, other=250)  # dense forward 2000; at density 0.2 of w: 600
-    total = flops_table.pf_ensemble_flops(profile, {"w": 0.2}, members=2, dense_epochs=4, finetune_epochs=2, num_train=90,
-                              batch_size=30)
-    assert total == pytest.approx(4_968_000)
