@@ -35,7 +35,7 @@ from ..provenance import provenance
 from . import compare_rows as CR
 from .config import EvalConfig, validate_config
 from .records import Figure, Table
-from .report import draw, fmt, print_table, reserve_run_id, write_rows
+from .report import draw, print_table, reserve_run_id, write_rows
 from .runner import Evaluation, evaluate
 from .tickets import _sha256, discover_tickets, load_entries, rel_name
 
@@ -74,15 +74,15 @@ def _check_folders(folders: Sequence[str]) -> list[Path]:
     return paths
 
 
-def _labels(paths: Sequence[Path]) -> list[str]:
-    """Each folder as a short relative path: from the working directory, else from the folders' common parent."""
+def _labels(paths: Sequence[Path]) -> tuple[list[str], str]:
+    """Each folder relative to the folders' common parent, and that parent (relative to the working directory
+    when it lies inside it)."""
     resolved = [p.resolve() for p in paths]
-    cwd = Path.cwd().resolve()
-    if all(cwd == r or cwd in r.parents for r in resolved):
-        return [r.relative_to(cwd).as_posix() or "." for r in resolved]
     common = Path(os.path.commonpath(resolved))
     base = common.parent if common in resolved else common
-    return [r.relative_to(base).as_posix() for r in resolved]
+    cwd = Path.cwd().resolve()
+    shown = base.relative_to(cwd).as_posix() if base == cwd or cwd in base.parents else str(base)
+    return [r.relative_to(base).as_posix() for r in resolved], shown or "."
 
 
 def _check_setting(paths: Sequence[Path], labels: Sequence[str], allow_mixed: bool) -> None:
@@ -245,10 +245,10 @@ def _cell(row: dict, key: str, scale: float = 1.0, digits: str = ".4f") -> str:
     if v is None:
         return "n/a"
     text = format(v / scale, digits)
-    return text if sd is None else f"{text} ± {format(sd / scale, digits)}"
+    return text if not sd else f"{text} ± {format(sd / scale, digits)}"
 
 
-def _table(rows: list[dict], basis: str) -> Table:
+def _table(rows: list[dict], basis: str, parent: str) -> Table:
     scale, unit = _unit([r["training_flops"] for r in rows],
                         [(1e18, "EFLOPs"), (1e15, "PFLOPs"), (1e12, "TFLOPs"), (1e9, "GFLOPs"), (1, "FLOPs")])
     t_scale, t_unit = _unit([r["test_flops"] for r in rows], [(1e9, "GFLOPs"), (1e6, "MFLOPs"), (1, "FLOPs")])
@@ -262,14 +262,15 @@ def _table(rows: list[dict], basis: str) -> Table:
         train = "n/a (" + r["cost_note"] + ")" if r["training_flops"] is None and r["cost_note"] else \
             _cell(r, "training_flops", scale, ".3g")
         rel = _cell(r, "training_flops_relative", digits=".3f")
-        body.append([r["folder"], r["model"], r["dataset"], method, r["M"], r["n"], fmt(r["density"]), r["epochs"],
+        density = "n/a" if r["density"] is None else f"{r['density']:.3g}"
+        body.append([r["folder"], r["model"], r["dataset"], method, r["M"], r["n"], density, r["epochs"],
                      r["flags"] or "-", *[_cell(r, k) for k in CR.METRICS], train,
                      rel if rel == "n/a" else rel + "x",
                      "n/a" if r["test_flops"] is None else f"{r['test_flops'] / t_scale:.3g}", params(r["parameters"])])
     header = ["folder", "model", "dataset", "method", "M", "n", "density", "epochs", "flags", "acc", "nll", "ece",
               "disagr.", "OoD AUROC", f"train {unit}", "train rel.", f"test {t_unit}/img", "params"]
-    title = (f"compare: ensembles (mean ± std over n replicates; train rel. = training FLOPs relative to {basis}; "
-             f"OoD AUROC: max-softmax, mean over the OoD sets, where the ood mode was run)")
+    title = (f"compare: ensembles in {parent}/ (mean ± std over n replicates; train rel. = training FLOPs "
+             f"relative to {basis}; OoD AUROC: max-softmax, mean over the OoD sets, where the ood mode was run)")
     return Table(title, header, body)
 
 
@@ -280,7 +281,7 @@ def compare(cc: CompareConfig, out: Callable[[str], None] = print) -> dict:
     if cc.members_per_ensemble is not None and cc.members_per_ensemble < 1:
         raise UsageError(f"--members-per-ensemble {cc.members_per_ensemble} must be at least 1")
     paths = _check_folders(cc.folders)
-    labels = _labels(paths)
+    labels, parent = _labels(paths)
     _check_setting(paths, labels, cc.allow_mixed)
     out_dir = Path(cc.output_dir).expanduser() if cc.output_dir else paths[0].resolve().parent / "compare"
     if out_dir.exists() and not out_dir.is_dir():
@@ -299,7 +300,7 @@ def compare(cc: CompareConfig, out: Callable[[str], None] = print) -> dict:
     except OSError as err:
         raise UsageError(f"cannot write to the output folder {out_dir} ({err.strerror or err}); pass a writable "
                          f"--output-dir") from None
-    print_table(_table(rows, basis), out)
+    print_table(_table(rows, basis, parent), out)
     setting = ", ".join(dict.fromkeys(f"{r['model']} on {r['dataset']}" for r in rows))
     plot = out_dir / "plots" / f"{run_id}_compare.png"
     draw(Figure("compare", "compare", "compare", {"rows": rows, "title": f"ensembles compared: {setting}",
@@ -307,6 +308,7 @@ def compare(cc: CompareConfig, out: Callable[[str], None] = print) -> dict:
     argv = None if cc.command is None else ["ensemble_freetickets.py", *cc.command]
     document = {"format": "freetickets-compare", "version": 2, "run_id": run_id,
                 "created": _dt.datetime.now().isoformat(timespec="seconds"), "folders": [str(f) for f in paths],
+                "folders_under": parent,
                 "flops_relative_to": basis, "provenance": provenance(argv, device),
                 "columns": list(COMPARE_COLUMNS), "rows": rows, "plots": {"compare": str(plot)}}
     json_path, csv_path = write_rows(out_dir, "compare", run_id, document, COMPARE_COLUMNS)

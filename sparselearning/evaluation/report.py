@@ -283,7 +283,8 @@ def _draw_ensemble_size(plt, d: dict):
 
 def _compare_label(r: dict, rows: Sequence[dict]) -> str:
     """A row's legend entry: method, M, density and flags (plus its folder when that is still ambiguous)."""
-    label = f"{r['method']} M={r['M']} d={fmt(r['density'])}" + (f" {r['flags']}" if r["flags"] else "")
+    density = "?" if r["density"] is None else f"{r['density']:.3g}"
+    label = f"{r['method']} M={r['M']} d={density}" + (f" {r['flags']}" if r["flags"] else "")
     if r["n"] > 1:
         label += f" (n={r['n']})"
     twins = [q for q in rows if q is not r and q["method"] == r["method"] and q["M"] == r["M"]
@@ -331,7 +332,9 @@ def _draw_compare(plt, d: dict):
             for r in rows:
                 if (r["method"], r["role"]) in refs:
                     colour, label = refs[(r["method"], r["role"])]
-                    _reference_line(ax, r, key, colour, f"{label} [{r['folder']}]")
+                    cost = [f"{r['training_flops_relative']:.2f}x FLOPs"] if r.get("training_flops_relative") else []
+                    cost += [f"{r['parameters'] / 1e6:.3g}M params"] if r.get("parameters") else []
+                    _reference_line(ax, r, key, colour, f"{label}: {', '.join(cost)} [{r['folder']}]")
             ax.margins(x=0.15, y=0.12)
             ax.set_xlabel(xlabel, fontsize=8)
             ax.set_ylabel(ylabel)
