@@ -80,9 +80,13 @@ def _labels(paths: Sequence[Path]) -> tuple[list[str], str]:
     resolved = [p.resolve() for p in paths]
     common = Path(os.path.commonpath(resolved))
     base = common.parent if common in resolved else common
-    cwd = Path.cwd().resolve()
-    shown = base.relative_to(cwd).as_posix() if base == cwd or cwd in base.parents else str(base)
-    return [r.relative_to(base).as_posix() for r in resolved], shown or "."
+    return [r.relative_to(base).as_posix() for r in resolved], _shown(base)
+
+
+def _shown(path: Path) -> str:
+    """A path relative to the working directory when it lies inside it."""
+    resolved, cwd = path.resolve(), Path.cwd().resolve()
+    return resolved.relative_to(cwd).as_posix() or "." if resolved == cwd or cwd in resolved.parents else str(path)
 
 
 def _check_setting(paths: Sequence[Path], labels: Sequence[str], allow_mixed: bool) -> None:
@@ -313,6 +317,6 @@ def compare(cc: CompareConfig, out: Callable[[str], None] = print) -> dict:
                 "columns": list(COMPARE_COLUMNS), "rows": rows, "plots": {"compare": str(plot)}}
     json_path, csv_path = write_rows(out_dir, "compare", run_id, document, COMPARE_COLUMNS)
     out("")
-    out(f"comparison: {json_path} and {csv_path.name} (copies: compare_latest.*); plot: {plot}")
+    out(f"comparison: {_shown(json_path)} and {csv_path.name} (copies: compare_latest.*); plot: {_shown(plot)}")
     document["json_path"], document["csv_path"] = str(json_path), str(csv_path)
     return document
