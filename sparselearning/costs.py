@@ -21,7 +21,8 @@ from typing import Sequence
 
 from .core.flops import DENSE_REFERENCE_EPOCHS
 
-__all__ = ["RunCost", "ensemble_training_flops", "run_cost", "pretrained_summary_path", "dense_epoch_flops",
+__all__ = ["RunCost", "ensemble_training_flops", "run_cost", "pretrained_summary_path", "read_summary",
+           "dense_epoch_flops",
            "forward_flops"]
 
 
@@ -80,7 +81,8 @@ def pretrained_summary_path(summary: dict, run_dir: Path) -> Path | None:
     return None
 
 
-def _read_summary(path: Path) -> dict | None:
+def read_summary(path: Path) -> dict | None:
+    """A summary.json's contents, or None when it is missing or not a JSON object."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -95,7 +97,7 @@ def run_cost(summary: dict, run_dir: Path) -> RunCost:
     if not flag:
         return RunCost(flops)
     path = pretrained_summary_path(summary, run_dir)
-    pre = _read_summary(path) if path else None
+    pre = read_summary(path) if path else None
     if pre is None or not isinstance(pre.get("training_flops"), (int, float)):
         return RunCost(flops, None, str(flag), f"the summary.json of the pre-trained model {flag} was not found")
     return RunCost(flops, float(pre["training_flops"]), str(path.resolve()))

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ..costs import read_summary
 from ..core.flops import DENSE_REFERENCE_EPOCHS
 from ..errors import UsageError
 from ..provenance import provenance
@@ -169,12 +170,9 @@ def _load_folder(path: Path, label: str, template: EvalConfig, out: Callable[[st
         results = evaluate(dataclasses.replace(template, resume=str(path), output_dir=None), out)
     folder = CR.Folder(path, label, names, results)
     for run in dict.fromkeys(folder.run_of(n) for n in names):
-        try:
-            s = json.loads((path / run / "summary.json").read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(s, dict):
-            folder.summaries[run] = s
+        summary = read_summary(path / run / "summary.json")
+        if summary is not None:
+            folder.summaries[run] = summary
     return folder
 
 
@@ -193,12 +191,12 @@ def _replicate_metrics(folder: CR.Folder, groups: list[list[str]], template: Eva
 def _row(folder: CR.Folder, role: str, groups: list[list[str]], metrics: list[dict]) -> dict:
     density = {m["name"]: m.get("density") for m in folder.results["members"]}
     dens = [density.get(n) for g in groups for n in g]
-    epochs = sorted({s.get("epochs_total") for s in folder.summaries.values()} - {None})
+    epochs = sorted({CR.run_epochs(folder, run) for run in folder.summaries} - {None})
     cost = [CR.ensemble_cost(folder, g) for g in groups]
     row = {"folder": folder.label, "model": folder.results["model"], "dataset": folder.results["dataset"],
            "method": folder.kind, "role": role, "M": "/".join(sorted({str(len(g)) for g in groups})),
            "n": len(groups), "density": None if None in dens else sum(dens) / len(dens),
-           "epochs": "/".join(map(str, epochs)), "epochs_list": epochs, "flags": "",
+           "epochs": "/".join(epochs), "epochs_list": epochs, "flags": "",
            "test_flops": cost[0]["test_flops"], "parameters": cost[0]["parameters"],
            "cost_note": next((c["note"] for c in cost if c["note"]), ""),
            "replicates": [{**m, **c, "members": g} for m, c, g in zip(metrics, cost, groups)]}
@@ -224,8 +222,8 @@ def folder_rows(folder: CR.Folder, per_ensemble: int | None, template: EvalConfi
 def _apply_basis(rows: list[dict]) -> str:
     """Fill ``training_flops_relative`` (and its std); returns the yardstick in words."""
     dense_epochs = {e for r in rows if r["method"] == "dense" for e in r["epochs_list"]}
-    if len(dense_epochs) == 1:
-        n = dense_epochs.pop()
+    if len(dense_epochs) == 1 and next(iter(dense_epochs)).isdigit():
+        n = int(dense_epochs.pop())
         basis = f"one dense model of the same model and dataset trained {n} epochs, as the compared dense runs"
     else:
         n = DENSE_REFERENCE_EPOCHS

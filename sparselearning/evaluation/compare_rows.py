@@ -20,7 +20,7 @@ from .. import costs
 from ..errors import UsageError
 from . import metrics as Mx
 
-__all__ = ["Folder", "ensembles", "metrics_from_results", "metrics_from_log_probs", "single_model_metrics",
+__all__ = ["Folder", "ensembles", "run_epochs", "metrics_from_results", "metrics_from_log_probs", "single_model_metrics",
            "ensemble_cost", "describe_flags", "aggregate", "METRICS"]
 
 METRICS = ("acc", "nll", "ece", "disagreement", "ood_auroc")
@@ -131,6 +131,15 @@ def ensemble_cost(folder: Folder, group: Sequence[str]) -> dict:
         params.append(active.get(Path(n).name, (s.get("parameters") or {}).get("active")))
     out["parameters"] = None if None in params else int(sum(params))
     return out
+
+
+def run_epochs(folder: Folder, run: str) -> str | None:
+    """A run's epochs; a run from a pre-trained model: ``<pre-training epochs>+<its own>``."""
+    s = folder.summaries[run]
+    own = s.get("epochs_total")
+    path = costs.pretrained_summary_path(s, folder.path / run)
+    pre = costs.read_summary(path) if path else None
+    return None if own is None else (f"{pre['epochs_total']}+{own}" if pre and pre.get("epochs_total") else str(own))
 
 
 # --------------------------------------------------------------------------- flags
