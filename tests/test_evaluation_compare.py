@@ -228,3 +228,24 @@ def test_pf_cost_needs_its_pretraining(tmp_path):
     gone = costs.run_cost(pf[1], tmp_path / "runs/density_0.5/PF/seed=2")
     assert gone.pretraining_flops is None and "pre-trained model" in gone.why_unknown
     assert costs.ensemble_training_flops([runs[0], gone]) is None
+
+
+def test_replicate_groups_and_distinguishing_flags(tmp_path):
+    """EDST/M=3 with two seed=* runs: two ensembles; flags: only those in which rows of one method differ."""
+    from sparselearning.errors import UsageError
+    from sparselearning.evaluation import compare_rows as CR
+
+    names = [f"seed={s}/model_{k}.pth" for s in (1, 2) for k in range(3)]
+    edst = CR.Folder(tmp_path, "EDST/M=3", names, {"members": []})
+    assert CR.ensembles(edst, None) == [names[:3], names[3:]]
+    assert CR.ensembles(edst, 2) == [names[:2], names[2:4], names[4:]]
+    with pytest.raises(UsageError, match="not a multiple of 4"):
+        CR.ensembles(edst, 4)
+    dst = CR.Folder(tmp_path, "DST", [f"seed={s}/model.pth" for s in (1, 2, 3)], {"members": []})
+    assert CR.ensembles(dst, None) == [dst.names]  # one ticket per run: one ensemble
+    rows = [{"method": "EDST", "role": "ensemble"}, {"method": "EDST", "role": "ensemble"},
+            {"method": "DST", "role": "ensemble"}]
+    flags = [{"large_death_rate": 0.5, "fix": False, "epochs": 9}, {"large_death_rate": 0.8, "fix": True, "epochs": 9},
+             {"large_death_rate": 0.1, "fix": True, "epochs": 5}]
+    CR.describe_flags(rows, flags)
+    assert [r["flags"] for r in rows] == ["large_death_rate=0.5", "--fix large_death_rate=0.8", ""]
