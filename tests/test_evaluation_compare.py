@@ -189,6 +189,7 @@ def run_cli_captured_plain(argv):
     (lambda d: d["rows"][0].update(value="0.9"), "non-numeric value"),
     (lambda d: d["members"][0].update(sha256="abc"), "sha256"),
     (lambda d: d.update(format="something-else"), "not a freetickets-eval"),
+    (lambda d: d["config"].update(ece_bins="15"), "ece_bins"),
 ])
 def test_malformed_results_are_refused(evaluated, tmp_path, capsys, damage, needle):
     shutil.copytree(evaluated, tmp_path / "study")

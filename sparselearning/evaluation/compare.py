@@ -127,6 +127,9 @@ def _results_problem(data, folder: Path) -> str | None:
             return f"a non-numeric value {v!r}"
     if not isinstance(data.get("modes_run", []), list) or not isinstance(data.get("skipped", {}), dict):
         return "malformed modes_run or skipped"
+    bins = data.get("config", {}).get("ece_bins", 15) if isinstance(data.get("config", {}), dict) else None
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        return f"config.ece_bins {bins!r} is not a positive integer"
     return None
 
 
