@@ -188,9 +188,12 @@ class Member(Checkpointable):
         argv = self.argv
         if int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0:  # requeued by SLURM itself (preemption)
             argv = self.resumed().argv
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
         if self.distributed:  # RANK, WORLD_SIZE, MASTER_ADDR... from SLURM's: the torchrun code path, no torchrun
             TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+            # as torchrun does, threads per process are limited (here: to the task's CPUs) unless set
+            env = dict(os.environ, PYTHONUNBUFFERED="1")
+            env.setdefault("OMP_NUM_THREADS", os.environ.get("SLURM_CPUS_PER_TASK", "1"))
         # the child ignores SLURM's USR2 (meant for submitit here); checkpoint() stops it with SIGTERM
         self._proc = subprocess.Popen([sys.executable, self.script, *argv], cwd=self.cwd, env=env,
                                       preexec_fn=lambda: signal.signal(signal.SIGUSR2, signal.SIG_IGN))

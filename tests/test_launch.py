@@ -271,7 +271,7 @@ def test_imagenet_job_sets_up_ddp_from_slurm_and_trains_as_torchrun_does(slurm, 
     for rank in (0, 1):
         env = dict(os.environ, SUBMITIT_EXECUTOR="slurm", SLURM_JOB_ID=job_id, SLURM_PROCID=str(rank),
                    SLURM_LOCALID=str(rank), SLURM_NTASKS="2", SLURM_JOB_NUM_NODES="1", SLURM_NODEID="0",
-                   SLURM_JOB_NODELIST="localhost")
+                   SLURM_JOB_NODELIST="localhost", SLURM_CPUS_PER_TASK="1")  # 1 thread each, as torchrun's
         tasks.append(subprocess.Popen([sys.executable, "-u", "-m", "submitit.core._submit", str(out / "slurm" / "%j")],
                                       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     logs = [t.communicate(timeout=600)[0] for t in tasks]
