@@ -16,7 +16,6 @@ import pytest
 from helpers import REPO, assert_one_line_error, assert_same_run, same, tree_state, write_fashion_mnist
 from sparselearning import checkpoint as ckpt
 from sparselearning.errors import UsageError
-from sparselearning.jobs import Job
 from sparselearning.launch import launcher_parser, member_argvs, slurm_settings
 
 FLAGS = ["--sparse", "--density", "0.2", "--update-frequency", "3", "--model", "cnn-small", "--data", "fashionmnist",
