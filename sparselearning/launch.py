@@ -38,6 +38,7 @@ from .errors import OneLineArgumentParser, UsageError, run_cli
 from .jobs import REPO, Job, run_jobs
 
 LAUNCHERS = ("local", "slurm")
+TO_RESUME = "the members keep their last complete checkpoints - run the same command plus --resume to continue"
 SLURM_TOOLS = ("sbatch", "srun")  # submitit's SLURM executor needs both on PATH
 # launcher flags and whether each takes a value (members are launched without them)
 LAUNCH_FLAGS = {"--seeds": True, "--launcher": True, "--parallel": True, "--wait": False, "--slurm-partition": True,
@@ -347,7 +348,7 @@ def _launch(program: Path, check, argv: list[str], opts: argparse.Namespace, dis
             print(f"{job.name}: {run_dir} (log: {output_dir / 'logs' / (job.name + '.log')})", flush=True)
         n = min(opts.parallel, len(jobs))
         run_jobs(jobs, n, max(1, (os.cpu_count() or 1) // n), output_dir / "logs", stopped_by=program.name,
-                 cwd=Path.cwd())
+                 cwd=Path.cwd(), to_resume=TO_RESUME)
         return
     slurm = slurm_settings(opts, output_dir, program.stem, distributed)
     members = [Member(str(program), a, os.getcwd(), distributed) for a in runs]

@@ -198,7 +198,7 @@ def test_local_members_train_then_stopped_members_resume_bit_identical(tmp_path)
         time.sleep(0.02)
     launcher.send_signal(signal.SIGTERM)
     log = launcher.communicate(timeout=120)[0]
-    assert launcher.returncode != 0 and "stopped by signal 15" in log, log[-3000:]
+    assert launcher.returncode != 0 and "stopped by signal 15" in log and "plus --resume" in log, log[-3000:]
     epochs = [int(ckpt.safe_load(p)["epoch"]) for p in (out / run).glob("seed=*/last.pth")]
     assert min(epochs) < 4  # stopped before the end
     r = subprocess.run([*cmd, "--resume"], cwd=REPO, capture_output=True, text=True, timeout=900)
