@@ -369,9 +369,14 @@ def validate_imagenet(args: argparse.Namespace) -> str | None:
     if not derived or (args.epochs == schedules.PAPER_IMAGENET_EPOCHS and not fixed):
         return None
     scaled = f" scaled to --epochs {args.epochs}" if args.epochs != schedules.PAPER_IMAGENET_EPOCHS else ""
+    paper = len(schedules.PAPER_IMAGENET_REEXPLORE)
+    lost = "" if fixed or reexplore_given or len(reexplore) == paper else (
+        f"\nwarning: only {len(reexplore)} of the paper's {paper} re-explorations fit in --epochs {args.epochs} (the "
+        f"others fall on the same epoch, at 0 or at the end), so this run has {len(reexplore) + 1} tickets, not "
+        f"{paper + 1}; pass more --epochs or your own --reexplore-epochs")
     return (f"note: the paper's {schedules.PAPER_IMAGENET_EPOCHS}-epoch schedule{scaled}"
             f"{', with --fix: one static ticket, no re-exploration' if fixed else ''}: "
-            f"{'; '.join(derived)} (give these flags to choose another)")
+            f"{'; '.join(derived)} (give these flags to choose another){lost}")
 
 
 def schedule_for(script: str, args: argparse.Namespace) -> Schedule:
