@@ -79,7 +79,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sparselearning.jobs import Job, run_jobs
-from sparselearning.machine import cpu_name, load_average
+from sparselearning.provenance import cpu_name, load_average
 from sparselearning.runfolder import run_folder
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # the sibling module, also when loaded by path
