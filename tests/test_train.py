@@ -164,5 +164,5 @@ def test_existing_run_is_never_overwritten(fmnist_dir, tmp_path):
     assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
 
 
-# Bad input (one line, exit 2, nothing written): tests/test_bad_inputs.py.
-# Killed runs resumed bit-identically: tests/test_faults.py (kills land at exact, observed points).
+# Bad input (one line, exit 2, nothing written): tests/e2e/test_bad_inputs.py.
+# Killed runs resumed bit-identically: tests/e2e/test_faults.py (kills land at exact, observed points).

@@ -25,7 +25,7 @@ from sparselearning.evaluation import logits as L
 from sparselearning.checkpoint import atomic_save, build_ticket
 from sparselearning.errors import run_cli
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "ensemble_freetickets.py"
 N_TEST = 60
 FMNIST_NORM = {"mean": [0.2860], "std": [0.3530]}

@@ -79,4 +79,4 @@ def test_compare_evaluates_then_tabulates(runs, capsys):
     assert row["training_flops_relative"] == pytest.approx(0.05)
 
 
-# Bad folders and flags (one line, exit 2, nothing written): tests/test_bad_inputs.py.
+# Bad folders and flags (one line, exit 2, nothing written): tests/e2e/test_bad_inputs.py.

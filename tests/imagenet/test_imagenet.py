@@ -30,7 +30,7 @@ from sparselearning.cli import normalise_spellings
 from sparselearning.data.imagenet import IMAGENET_MEAN, IMAGENET_STD, imagenet_val_batches
 
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MAIN = REPO / "ImageNet" / "main.py"
 CLASSES = ("n01440764", "n01443537", "n01484850")
 

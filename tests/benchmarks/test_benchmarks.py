@@ -10,7 +10,7 @@ import pytest
 
 from sparselearning.core.flops import FlopsAccountant, FlopsProfile
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def load(name: str):
