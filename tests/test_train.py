@@ -114,6 +114,19 @@ def test_dense_pf_and_static_pipeline(fmnist_dir, tmp_path, capsys):
     assert s["training_flops"] == pytest.approx(3 * s["sparse_forward_flops_per_sample"] * 270 * 2, rel=1e-9)
 
 
+def test_every_run_attribute_exists_after_init(fmnist_dir, tmp_path):
+    """Run(plan) is whole from the start: build() fills Run.parts and sets no attribute of its own."""
+    parser = build_parser("DST")
+    args = parser.parse_args(["--sparse", *common(fmnist_dir, tmp_path)])
+    validate("DST", args)
+    run = Run(cifar_plan("DST", args, parser_defaults(parser)))
+    before = dict(vars(run))
+    assert before["parts"] is None and before["epoch"] == 0 and before["history"] == []
+    parts = run.build()
+    assert set(vars(run)) == set(before) and run.parts is parts
+    assert parts.masking is not None and parts.net is parts.model and len(parts.train_loader) > 0
+
+
 def test_resume_fingerprint_ignores_flags_newer_than_the_checkpoint(tmp_path):
     parser = build_parser("DST")
     args = parser.parse_args(["--model", "cnn-small", "--sparse", "--output-dir", str(tmp_path)])
