@@ -111,8 +111,8 @@ def test_death_rate_schedules():
     assert death_rate("cosine", 0.5, 1000, 1000) == pytest.approx(0.005)
     # at t = 1/4 cosine and linear differ (at 0, 1/2 and 1 they agree): 0.005 + 0.495 * (1 + cos(pi/4)) / 2
     assert death_rate("cosine", 0.5, 250, 1000) == pytest.approx(0.005 + 0.495 * (1 + 0.5 ** 0.5) / 2)
-    assert death_rate("cosine", 0.5, 250, 1000) == pytest.approx(0.42758, abs=1e-5)
-    assert death_rate("cosine", 0.5, 750, 1000) == pytest.approx(0.07742, abs=1e-5)
+    assert death_rate("cosine", 0.5, 250, 1000) == pytest.approx(0.42751, abs=1e-5)
+    assert death_rate("cosine", 0.5, 750, 1000) == pytest.approx(0.07749, abs=1e-5)
     assert death_rate("linear", 0.5, 250, 1000) == pytest.approx(0.5 - 0.495 / 4)
     assert death_rate("linear", 0.5, 2000, 1000) == pytest.approx(0.005)
     with pytest.raises(ValueError):

@@ -67,7 +67,8 @@ def resume_to_the_end(env, out: Path, after_epoch: int) -> None:
     assert_same_run(out / RUN, env["ref"])
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)],
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT],
                          ids=["SIGTERM", "SIGINT"])
 def test_signal_mid_epoch_stops_with_one_line_then_resume_is_bit_identical(env, tmp_path, signum):
     out = tmp_path / "out"

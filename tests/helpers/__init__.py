@@ -44,6 +44,29 @@ def wrn_shapes(widen: int = 10, blocks: int = 4, classes: int = 10) -> dict[str,
     return shapes
 
 
+def load_module(path: Path, name: str):
+    """Import the file at `path` as module `name` (benchmark scripts, which are no package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_benchmark(name: str):
+    """benchmarks/<name>.py as module bench_<name>."""
+    return load_module(REPO / "benchmarks" / f"{name}.py", f"bench_{name}")
+
+
+def sibling_tests(relpath: str):
+    """Another test file's module (its constants and data writers), e.g. "imagenet/test_imagenet.py": the one
+    pytest imported, else imported now."""
+    name = Path(relpath).stem
+    return sys.modules.get(name) or load_module(REPO / "tests" / relpath, name)
+
+
 def numel(shape):
     return math.prod(shape)
 
