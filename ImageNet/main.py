@@ -42,7 +42,8 @@ from sparselearning.cli import (Given, at_least, common_parser, fraction, normal
                                 schedule_for, validate_imagenet)
 from sparselearning.core.distributed import World
 from sparselearning.core.death import DEATH_RULES
-from sparselearning.core.schedules import Schedule
+from sparselearning.core.schedules import (PAPER_IMAGENET_EPOCHS, PAPER_IMAGENET_LR_STEPS, PAPER_IMAGENET_REEXPLORE,
+                                           PAPER_IMAGENET_WARMUP, Schedule)
 from sparselearning.data.imagenet import (DeviceBatches, ShardSampler, check_root, first_batches, image_folder,
                                           image_loader, imagenet_spec)
 from sparselearning.errors import UsageError, run_cli
@@ -70,20 +71,20 @@ def imagenet_flags() -> argparse.ArgumentParser:
     g.add_argument("-a", "--arch", default="resnet50", choices=ARCHS, help="torchvision ResNet")
     g.add_argument("-c", "--model-config", default="classic", choices=INITS,
                    help="conv init: classic = Kaiming normal fan_out, fanin = Kaiming normal fan_in")
-    g.add_argument("--warmup", type=at_least(0), default=5, action=Given,
-                   help="epochs of linear per-iteration LR warm-up (not given: 5 scaled to --epochs / 310, shorter "
-                        "than the run)")
+    g.add_argument("--warmup", type=at_least(0), default=PAPER_IMAGENET_WARMUP, action=Given,
+                   help=f"epochs of linear per-iteration LR warm-up (not given: {PAPER_IMAGENET_WARMUP} scaled to "
+                        f"--epochs / {PAPER_IMAGENET_EPOCHS}, shorter than the run)")
     g.add_argument("--label-smoothing", type=fraction, default=0.1, help="CrossEntropyLoss label smoothing")
     g.add_argument("--weight-decay", "--wd", dest="weight_decay", type=float, default=1e-4,
                    help="SGD weight decay (not on BatchNorm parameters unless --bn-weight-decay)")
     g.add_argument("--bn-weight-decay", action="store_true", help="also apply weight decay to BatchNorm parameters")
-    g.add_argument("--reexplore-epochs", default="100,170,240", action=Given,
-                   help="after these completed epochs, re-explore with --large-death-rate and start a new ticket "
-                        "phase ('' = one phase, one ticket; not given: the paper's scaled to --epochs / 310)")
-    g.add_argument("--lr-steps", default="30:0.1,60:0.01,90:0.001,100:0.1,130:0.01,160:0.001,170:0.1,200:0.01,"
-                                         "230:0.001,240:0.1,270:0.01,300:0.001", action=Given,
-                   help="E:F pairs: from epoch E on the LR is --lr x F ('' = constant after warm-up; not given: the "
-                        "paper's scaled to --epochs / 310)")
+    g.add_argument("--reexplore-epochs", default=",".join(map(str, PAPER_IMAGENET_REEXPLORE)), action=Given,
+                   help=f"after these completed epochs, re-explore with --large-death-rate and start a new ticket "
+                        f"phase ('' = one phase, one ticket; not given: the paper's scaled to --epochs / "
+                        f"{PAPER_IMAGENET_EPOCHS})")
+    g.add_argument("--lr-steps", default=",".join(f"{e}:{f:g}" for e, f in PAPER_IMAGENET_LR_STEPS), action=Given,
+                   help=f"E:F pairs: from epoch E on the LR is --lr x F ('' = constant after warm-up; not given: the "
+                        f"paper's scaled to --epochs / {PAPER_IMAGENET_EPOCHS})")
     g.add_argument("--image-size", type=at_least(16), default=224, help="training crop and validation centre-crop side")
     g.add_argument("--decode", default="pil", choices=["pil", "gpu"],
                    help="JPEG decoding: pil = in the data workers; gpu = workers read the bytes, "
@@ -113,7 +114,7 @@ def imagenet_flags() -> argparse.ArgumentParser:
     # the paper's launch line (ERK, density 0.2, update every 4000 iterations, -b 64, -j 5) and the original
     # ImageNet code's cosine decay of the death rate within each phase
     parser.set_defaults(sparse=True, density=0.2, sparse_init="ERK", update_frequency=4000, decay_schedule="cosine",
-                        epochs=310, batch_size=64, workers=5)
+                        epochs=PAPER_IMAGENET_EPOCHS, batch_size=64, workers=5)
     return parser
 
 

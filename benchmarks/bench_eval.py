@@ -32,7 +32,7 @@ from models import get_model
 from sparselearning.checkpoint import atomic_save, build_ticket, load_ticket, ticket_model
 from sparselearning.data import BatchLoader, get_spec, load_split
 from sparselearning.evaluation import EvalConfig, discover_tickets, evaluate
-from sparselearning.machine import machine_info
+from sparselearning.provenance import machine_info
 from sparselearning.core.masking import Masking
 
 FEW_CORRUPTIONS = "gaussian_noise,contrast,motion_blur"

@@ -18,7 +18,7 @@ import time
 import torch
 
 from models import get_model
-from sparselearning.machine import machine_info
+from sparselearning.provenance import machine_info
 from sparselearning.core.masking import Masking, zero_outside
 
 

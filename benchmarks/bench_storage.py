@@ -19,7 +19,7 @@ import torch
 
 from models import get_model
 from sparselearning.checkpoint import atomic_save, build_ticket, load_ticket, ticket_state_dict
-from sparselearning.machine import machine_info
+from sparselearning.provenance import machine_info
 from sparselearning.core.masking import Masking
 
 

@@ -29,7 +29,7 @@ import torch
 
 from models import get_model
 from sparselearning.data import make_loaders
-from sparselearning.machine import machine_info
+from sparselearning.provenance import machine_info
 from sparselearning.core.masking import Masking
 from sparselearning.loop import autocast_context, train_one_epoch
 

@@ -57,7 +57,7 @@ from models.wide_resnet import WideResNet  # noqa: E402
 from sparselearning.core.distributed import assert_masks_in_sync, mask_checksum, masks_in_sync  # noqa: E402
 from sparselearning.core.masking import Masking  # noqa: E402
 from sparselearning.errors import UsageError, run_cli  # noqa: E402
-from sparselearning.machine import machine_info  # noqa: E402
+from sparselearning.provenance import machine_info  # noqa: E402
 from sparselearning.loop import autocast_context, train_one_epoch  # noqa: E402
 
 SECTIONS = ("throughput_wrn", "throughput_resnet50", "amp", "channels_last", "compile", "host_syncs", "ddp",

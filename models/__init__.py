@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from .alexnet import AlexNet
 from .imagenet_resnet import imagenet_resnet
-from .mlp import MLP_CIFAR10, LeNet_5_Caffe, LeNet_300_100
+from .mlp import MLP, LeNet_5_Caffe
 from .resnet import ResNet, resnet18, resnet34, resnet50
 from .small_cnn import SmallCNN
 from .vgg import VGG16
@@ -37,9 +37,9 @@ def _wrn(depth: int, widen: int) -> _Builder:
 
 
 _REGISTRY: dict[str, _Builder] = {
-    "MLPCIFAR10": lambda c, ch, s, p: MLP_CIFAR10(c, ch, s),
+    "MLPCIFAR10": lambda c, ch, s, p: MLP(c, ch, s, widths=(1024, 512)),
     "lenet5": lambda c, ch, s, p: LeNet_5_Caffe(c, ch, s),
-    "lenet300-100": lambda c, ch, s, p: LeNet_300_100(c, ch, s),
+    "lenet300-100": lambda c, ch, s, p: MLP(c, ch, s, widths=(300, 100)),
     "alexnet-s": lambda c, ch, s, p: AlexNet("s", c, ch),
     "alexnet-b": lambda c, ch, s, p: AlexNet("b", c, ch),
     "vgg-c": lambda c, ch, s, p: VGG16("C", c, ch),
@@ -92,6 +92,6 @@ def get_model(name: str, num_classes: int, in_channels: int = 3, image_size: int
 
 
 __all__ = [
-    "MODEL_NAMES", "ModelArgumentError", "get_model", "AlexNet", "LeNet_300_100", "LeNet_5_Caffe", "MLP_CIFAR10",
+    "MODEL_NAMES", "ModelArgumentError", "get_model", "AlexNet", "LeNet_5_Caffe", "MLP",
     "ResNet", "SmallCNN", "VGG16", "WideResNet", "imagenet_resnet", "resnet18", "resnet34", "resnet50",
 ]

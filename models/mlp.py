@@ -1,4 +1,4 @@
-"""Small fully connected and LeNet models: LeNet-300-100, LeNet-5 (Caffe variant), MLP_CIFAR10.
+"""Small fully connected and LeNet models: the MLP (LeNet-300-100, MLP_CIFAR10), LeNet-5 (Caffe variant).
 
 Unlike the original (hard-wired to 10 classes and one input size), these take ``num_classes``,
 ``in_channels`` and ``image_size``; the fully connected input size is computed from them.
@@ -10,38 +10,26 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-class LeNet_300_100(nn.Module):  # noqa: N801 - conventional name
-    """input -> 300 -> 100 -> classes, ReLU. Returns logits."""
+class MLP(nn.Module):
+    """input -> widths[0] -> ... -> widths[-1] -> classes, ReLU between; layers fc1, fc2, ... Returns logits.
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 28):
+    The paper's two: LeNet-300-100 (widths 300, 100) and MLP_CIFAR10 (widths 1024, 512).
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 28,
+                 widths: tuple[int, ...] = (300, 100)):
         super().__init__()
         self.in_features = in_channels * image_size * image_size
-        self.fc1 = nn.Linear(self.in_features, 300)
-        self.fc2 = nn.Linear(300, 100)
-        self.fc3 = nn.Linear(100, num_classes)
+        sizes = (self.in_features, *widths, num_classes)
+        self.num_layers = len(sizes) - 1
+        for i in range(self.num_layers):
+            setattr(self, f"fc{i + 1}", nn.Linear(sizes[i], sizes[i + 1]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.flatten(x, 1)
-        x = F.relu(self.fc1(x))
-        x = F.relu(self.fc2(x))
-        return self.fc3(x)
-
-
-class MLP_CIFAR10(nn.Module):  # noqa: N801 - conventional name
-    """input -> 1024 -> 512 -> classes, ReLU. Returns logits."""
-
-    def __init__(self, num_classes: int = 10, in_channels: int = 3, image_size: int = 32):
-        super().__init__()
-        self.in_features = in_channels * image_size * image_size
-        self.fc1 = nn.Linear(self.in_features, 1024)
-        self.fc2 = nn.Linear(1024, 512)
-        self.fc3 = nn.Linear(512, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.flatten(x, 1)
-        x = F.relu(self.fc1(x))
-        x = F.relu(self.fc2(x))
-        return self.fc3(x)
+        for i in range(1, self.num_layers):
+            x = F.relu(getattr(self, f"fc{i}")(x))
+        return getattr(self, f"fc{self.num_layers}")(x)
 
 
 def _lenet5_grid(image_size: int) -> int:

@@ -19,7 +19,8 @@ from models import MODEL_NAMES
 from .core import death, growth, redistribution, schedules
 from .core.schedules import DEATH_SCHEDULES, Schedule
 from .errors import OneLineArgumentParser, UsageError
-from .launch import add_launcher_args, drop_launcher_flags
+from .launch_flags import add_launcher_args, drop_launcher_flags
+from .paper_flags import NO_OP_SWITCHES, NO_OP_VALUE_FLAGS, add_ignored_flags
 from .run_outputs import check_tensorboard
 
 SCRIPTS = ("individual", "DST", "EDST", "PF")
@@ -127,7 +128,8 @@ def build_parser(script: str) -> OneLineArgumentParser:
                    help="tail fraction of the training set used for model selection")
     g.add_argument("--nolrsche", "--nolr_scheduler", dest="nolrsche", action="store_true",
                    help="constant LR (no step schedule; main_EDST.py has its own schedule)")
-    g.add_argument("--log-interval", type=int, default=100, help="batches between progress-bar updates of the log")
+    g.add_argument("--log-interval", type=int, default=100,
+                   help="batches between running training-loss lines in train.log and on stdout (0: none)")
     g.add_argument("--save-every", type=int, default=0, help="also keep a snapshot every K epochs (for tsne)")
     if script == "EDST":
         g.add_argument("--epochs-explo", type=int, default=150, help="exploration epochs before the refinement phases")
@@ -139,12 +141,7 @@ def build_parser(script: str) -> OneLineArgumentParser:
         g.add_argument("--epochs-fs", type=int, default=80, help=IGNORED)
         g.add_argument("--model-num", type=int, default=3, help=IGNORED)
     ign = parser.add_argument_group("accepted for compatibility " + IGNORED)
-    for flag in ("--l1", "--decay_frequency", "--batch-size-jac", "--world-size", "--iters", "--max-threads",
-                 "--start-epoch"):
-        ign.add_argument(flag, default=None, help=argparse.SUPPRESS)
-    for flag in ("--fp16", "--save-features", "--bench", "--mgpu", "--no_rewire_extend", "--verbose"):
-        ign.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
-    ign.add_argument("--save", default=None, help=argparse.SUPPRESS)
+    add_ignored_flags(ign, NO_OP_VALUE_FLAGS, NO_OP_SWITCHES)
     return parser
 
 
@@ -257,6 +254,8 @@ def validate(script: str, args: argparse.Namespace) -> None:
     _unit("valid_split", args.valid_split)
     if args.l2 < 0:
         raise UsageError(f"--l2 must be non-negative, got {args.l2}")
+    if args.log_interval < 0:
+        raise UsageError(f"--log-interval must be 0 (off) or a positive number of batches, got {args.log_interval}")
     if args.save_every < 0:
         raise UsageError(f"--save-every must be 0 (off) or a positive number of epochs, got {args.save_every}")
     if script == "EDST":

@@ -6,6 +6,7 @@ is worth keeping even when git is missing or the code is not a git checkout.
 """
 from __future__ import annotations
 
+import os
 import platform
 import socket
 import subprocess
@@ -38,7 +39,8 @@ def git_state(repo: str | Path = _REPO) -> dict:
     return {"git_commit": head.strip(), "git_dirty": None if status is None else bool(status.strip())}
 
 
-def _cpu_model() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo)."""
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
@@ -47,6 +49,18 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown"
+
+
+def load_average() -> list[float]:
+    """The 1, 5 and 15-minute load averages (empty where the OS has none)."""
+    return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else []
+
+
+def machine_info() -> str:
+    """One line on the machine a benchmark ran on (printed beside every figure)."""
+    load = "/".join(f"{v:.2f}" for v in load_average()) or "?"
+    return (f"{os.cpu_count()} CPUs ({cpu_name()}), load average {load} (1/5/15 min), torch {torch.__version__} "
+            f"with {torch.get_num_threads()} threads")
 
 
 def device_name(device: "torch.device | str | None") -> str | None:
@@ -60,7 +74,7 @@ def device_name(device: "torch.device | str | None") -> str | None:
         except (RuntimeError, AssertionError, ValueError):
             return None
     if dev.type == "cpu":
-        return f"cpu ({_cpu_model()})"
+        return f"cpu ({cpu_name()})"
     return str(dev)
 
 

@@ -117,7 +117,8 @@ def cifar_plan(script: str, args: argparse.Namespace, flag_defaults: dict) -> Ru
                    numbered_tickets=script == "EDST",
                    prepare_model=(lambda net, spec: load_pretrained(net, spec, args)) if script == "PF" else None,
                    wrap_model=compiled_for_training() if args.compile else None,
-                   progress=not args.no_progress, flag_defaults=flag_defaults, fresh_resume_note=fresh_note)
+                   progress=not args.no_progress, log_every=args.log_interval, flag_defaults=flag_defaults,
+                   fresh_resume_note=fresh_note)
 
 
 def load_pretrained(model: nn.Module, spec: DatasetSpec, args: argparse.Namespace) -> None:

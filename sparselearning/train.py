@@ -125,6 +125,7 @@ class Built:
     scaler: torch.amp.GradScaler | None
     loader_generator: torch.Generator  # the training order's RNG, saved for --resume
     net: nn.Module  # what trains: the model, or its DistributedDataParallel/compiled wrapper (Run.connect)
+    update_plan: list[dict] | None = None  # sparse runs: the periodic topology updates each phase will make
 
     @property
     def train_loader(self):
@@ -200,11 +201,11 @@ class Run:
         if plan.prepare_model is not None:
             plan.prepare_model(model, data.spec)
         optimizer = plan.optimizer(model)
-        masking = None
+        masking, update_plan = None, None
         if plan.sparse is not None:
             masking = self.make_masking(optimizer, plan.sparse, len(data.train))
             masking.add_module(model, **plan.sparse.init)
-            self.update_plan = topology_update_plan(self.schedule, masking.update_frequency, len(data.train),
+            update_plan = topology_update_plan(self.schedule, masking.update_frequency, len(data.train),
                                                     masking.no_update_windows)
         shape = (data.spec.in_channels, data.spec.image_size, data.spec.image_size)
         profile = profile_model(model, shape, list(masking.masks) if masking else None)
@@ -214,7 +215,7 @@ class Run:
             self.note("note: --amp applies on CUDA only; training in float32 on the CPU")
         self.parts = Built(data=data, model=model, optimizer=optimizer, masking=masking, profile=profile,
                            flops=flops, autocast=autocast, scaler=scaler,
-                           loader_generator=data.generator or torch.Generator(), net=model)
+                           loader_generator=data.generator or torch.Generator(), net=model, update_plan=update_plan)
         return self.parts
 
     def make_masking(self, optimizer: torch.optim.Optimizer, sparse: SparsePlan, steps_per_epoch: int) -> Masking:
@@ -372,8 +373,8 @@ class Run:
                             "global_batch_size": self.plan.batch_size * self.world.size},
             **({"dataset": self.parts.data.summary} if self.parts.data.summary else {}),
             "tickets": [self.tickets[k] for k in sorted(self.tickets)],
-            **({"topology_updates": {"done": self.parts.masking.num_updates, "planned_per_phase": self.update_plan}}
-               if self.parts.masking else {}),
+            **({"topology_updates": {"done": self.parts.masking.num_updates,
+                                     "planned_per_phase": self.parts.update_plan}} if self.parts.masking else {}),
             "history": self.history, "elapsed_seconds": self.elapsed,
         }
 

@@ -1,4 +1,4 @@
-"""Fixtures only; the shared helpers are in helpers.py (imported by the tests directly)."""
+"""Fixtures only; the shared helpers are the tests/helpers package (imported by the tests directly)."""
 import pytest
 import torch
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, assert_one_line_error, assert_same_run, same, tree_state, write_fashion_mnist
+from helpers import (REPO, assert_one_line_error, assert_same_run, load_benchmark, same, sibling_tests,
+                     tree_state, write_fashion_mnist)
 from sparselearning import checkpoint as ckpt
 from sparselearning.errors import UsageError
 from sparselearning.launch import launcher_parser, member_argvs, slurm_settings
@@ -208,9 +209,7 @@ def test_local_members_train_then_stopped_members_resume_bit_identical(tmp_path)
 
 
 def test_reproduce_small_submits_its_runs_with_their_dependencies(slurm, tmp_path, capsys):
-    from test_benchmarks import load
-
-    rs = load("reproduce_small")
+    rs = load_benchmark("reproduce_small")
     out = tmp_path / "rs"
     rs.main(["--quick", "--output-dir", str(out), "--launcher", "slurm", "--slurm-partition", "P"])
     ids = {}  # job name -> SLURM job id, from the printed lines
@@ -239,7 +238,8 @@ def test_reproduce_small_submits_its_runs_with_their_dependencies(slurm, tmp_pat
 
 # ------------------------------------------------------------------ ImageNet: one SLURM job of N nodes x G processes
 def test_imagenet_is_one_job_of_nodes_times_gpus(slurm, tmp_path):
-    from test_imagenet import COMMON, MAIN, write_image_folder
+    imagenet = sibling_tests("imagenet/test_imagenet.py")
+    COMMON, MAIN, write_image_folder = imagenet.COMMON, imagenet.MAIN, imagenet.write_image_folder
 
     data = write_image_folder(tmp_path / "data", train_per_class=2, val_per_class=1)
     r = subprocess.run([sys.executable, str(MAIN), *COMMON, "--output-dir", str(tmp_path / "out"), str(data),
@@ -255,7 +255,9 @@ def test_imagenet_is_one_job_of_nodes_times_gpus(slurm, tmp_path):
 @pytest.mark.slow
 def test_imagenet_job_sets_up_ddp_from_slurm_and_trains_as_torchrun_does(slurm, tmp_path):
     """The two processes SLURM would start (no torchrun): the same tickets as a torchrun run of 2 processes."""
-    from test_imagenet import COMMON, MAIN, RUN_DIR, torchrun, write_image_folder
+    imagenet = sibling_tests("imagenet/test_imagenet.py")
+    COMMON, MAIN, RUN_DIR = imagenet.COMMON, imagenet.MAIN, imagenet.RUN_DIR
+    torchrun, write_image_folder = imagenet.torchrun, imagenet.write_image_folder
 
     data = write_image_folder(tmp_path / "data")
     ref = tmp_path / "ref"

@@ -5,12 +5,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("sparselearning", "models")
-# still a cycle while the evaluation CLI and the comparison are being untangled elsewhere: see the skipped test
-KNOWN_CYCLE = frozenset({"sparselearning.evaluation.cli", "sparselearning.evaluation.compare"})
 
 
 def module_files() -> dict[str, Path]:
@@ -107,13 +103,7 @@ def test_lazy_and_relative_imports_are_seen(tmp_path):
 
 
 def test_no_import_cycle():
-    assert [sorted(c) for c in cycles(import_graph()) if c != KNOWN_CYCLE] == []
-
-
-@pytest.mark.skip(reason="sparselearning.evaluation.cli and sparselearning.evaluation.compare still import each "
-                         "other; drop this skip and KNOWN_CYCLE once they no longer do")
-def test_evaluation_cli_and_compare_are_no_cycle():
-    assert KNOWN_CYCLE not in cycles(import_graph())
+    assert [sorted(c) for c in cycles(import_graph())] == []
 
 
 def test_core_imports_only_the_core():

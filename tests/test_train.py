@@ -12,8 +12,6 @@ from sparselearning.cli import build_parser, parser_defaults, validate
 from sparselearning.recipes import cifar_plan, main
 from sparselearning.train import Run
 
-pytestmark = pytest.mark.slow  # end-to-end: real training/evaluation processes
-
 
 def common(data_dir, out, *extra):
     return ["--model", "cnn-small", "--data", "fashionmnist", "--data-dir", str(data_dir), "--batch-size", "32",
@@ -45,6 +43,7 @@ def check_ticket(path: Path, density: float | None):
     return t
 
 
+@pytest.mark.slow
 def test_edst_schedule_tickets_and_summary(fmnist_dir, tmp_path):
     out = tmp_path / "results"
     s = main("EDST", ["--sparse", "--nolrsche", "--epochs", "7", "--epochs-explo", "1", "--model-num", "3",
@@ -83,6 +82,7 @@ def test_edst_schedule_tickets_and_summary(fmnist_dir, tmp_path):
     assert (run_dir / "train.log").read_text().count("epoch ") >= 7
 
 
+@pytest.mark.slow
 def test_dense_pf_and_static_pipeline(fmnist_dir, tmp_path, capsys):
     out = tmp_path / "results"
     main("individual", ["--epochs", "2", *common(fmnist_dir, out)])
@@ -114,21 +114,17 @@ def test_dense_pf_and_static_pipeline(fmnist_dir, tmp_path, capsys):
     assert s["training_flops"] == pytest.approx(3 * s["sparse_forward_flops_per_sample"] * 270 * 2, rel=1e-9)
 
 
-def _pf_rate(*flags):
-    args = build_parser("PF").parse_args(["--model", "cnn-small", "--pretrained", "x.pth", *flags])
-    validate("PF", args)
-    assert "_given_flags" not in vars(args)  # no trace in the flags (nor in the resume fingerprint)
-    return args.PF_rate
-
-
-def test_pf_rate_rule():
-    """An explicit --PF-rate wins; else 1 - --density when --density is given; else 0.8."""
-    assert _pf_rate() == 0.8
-    assert _pf_rate("--density", "0.1") == pytest.approx(0.9)
-    assert _pf_rate("--density", "0.1", "--PF-rate", "0.7") == _pf_rate("--PF-rate", "0.7", "--density", "0.1") == 0.7
-    args = build_parser("PF").parse_args(["--model", "cnn-small", "--pretrained", "x.pth", "--density", "0.1"])
-    validate("PF", args)
-    assert cifar_plan("PF", args, {}).run_dir.parts[-3] == "density_0.1"
+def test_every_run_attribute_exists_after_init(fmnist_dir, tmp_path):
+    """Run(plan) is whole from the start: build() fills Run.parts and sets no attribute of its own."""
+    parser = build_parser("DST")
+    args = parser.parse_args(["--sparse", *common(fmnist_dir, tmp_path)])
+    validate("DST", args)
+    run = Run(cifar_plan("DST", args, parser_defaults(parser)))
+    before = dict(vars(run))
+    assert before["parts"] is None and before["epoch"] == 0 and before["history"] == []
+    parts = run.build()
+    assert set(vars(run)) == set(before) and run.parts is parts
+    assert parts.masking is not None and parts.net is parts.model and len(parts.train_loader) > 0
 
 
 def test_resume_fingerprint_ignores_flags_newer_than_the_checkpoint(tmp_path):
@@ -145,6 +141,7 @@ def test_resume_fingerprint_ignores_flags_newer_than_the_checkpoint(tmp_path):
     assert run.fingerprint_differences({**saved, "lr": 0.05}) == ["erk_power_scale", "lr"]
 
 
+@pytest.mark.slow
 def test_dst_topology_changes_and_keeps_density(fmnist_dir, tmp_path):
     out = tmp_path / "results"
     main("DST", ["--sparse", "--density", "0.2", "--epochs", "2", "--update-frequency", "2", "--growth", "random",
@@ -156,6 +153,7 @@ def test_dst_topology_changes_and_keeps_density(fmnist_dir, tmp_path):
     assert hist[-1]["exploration_rate"] > 0.3  # many topology updates happened
 
 
+@pytest.mark.slow
 def test_cifar10_pickles_train(tmp_path):
     data = write_cifar10(tmp_path / "data")
     out = tmp_path / "results"
@@ -166,6 +164,7 @@ def test_cifar10_pickles_train(tmp_path):
     assert t["in_channels"] == 3 and t["image_size"] == 32 and t["dataset"] == "cifar10"
 
 
+@pytest.mark.slow
 def test_existing_run_is_never_overwritten(fmnist_dir, tmp_path):
     out = tmp_path / "results"
     args = ["--sparse", "--density", "0.2", "--epochs", "1", *common(fmnist_dir, out)]
@@ -178,5 +177,5 @@ def test_existing_run_is_never_overwritten(fmnist_dir, tmp_path):
     assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
 
 
-# Bad input (one line, exit 2, nothing written): tests/test_bad_inputs.py.
-# Killed runs resumed bit-identically: tests/test_faults.py (kills land at exact, observed points).
+# Bad input (one line, exit 2, nothing written): tests/e2e/test_bad_inputs.py.
+# Killed runs resumed bit-identically: tests/e2e/test_faults.py (kills land at exact, observed points).

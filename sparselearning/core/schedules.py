@@ -28,12 +28,6 @@ def death_rate(schedule: str, base_rate: float, step: int, total_steps: int, fin
     raise ValueError(f"unknown death-rate schedule {schedule!r}; choose one of {', '.join(DEATH_SCHEDULES)}")
 
 
-def step_lr(epoch: int, epochs: int, base_lr: float, gamma: float = 0.1) -> float:
-    """The paper's step schedule: x0.1 after epoch floor(E/2) and again after floor(3E/4)."""
-    milestones = (epochs // 2, (3 * epochs) // 4)
-    return base_lr * gamma ** sum(epoch > m for m in milestones)
-
-
 @dataclass(frozen=True)
 class Schedule:
     """One run's plan, epoch by epoch: the LR, the warm-up, and the ticket phases.
@@ -186,7 +180,8 @@ def too_few_updates(phases: list[dict], update_frequency: int | None, steps_per_
 
 # ------------------------------------------------------------------ the paper's plans
 def step_schedule(epochs: int, base_lr: float, constant: bool = False, gamma: float = 0.1) -> Schedule:
-    """individual / DST / PF: step_lr (x0.1 after E/2 and 3E/4), or a constant LR; one ticket."""
+    """individual / DST / PF: the paper's step schedule (x0.1 after epoch floor(E/2) and again after floor(3E/4)),
+    or a constant LR; one ticket."""
     if constant:
         return Schedule(epochs, ((0, base_lr),))
     milestones = (epochs // 2, (3 * epochs) // 4)

@@ -19,13 +19,12 @@ from .eval_inputs import (CIFAR_C_EXTRA, CIFAR_C_STANDARD, OOD_NAMES, check_cifa
                           ood_images, to_channels, to_size)
 from .formats import DataFileError
 from .loader import BatchLoader, make_loaders, train_val_split
-from .normalization import normalize
 from .sources import DEBIAN_FASHION_MNIST_DIR, DEFAULT_DATA_DIR, clear_cache, load_split
 from .specs import SPECS, DatasetSpec, get_spec
 
 __all__ = [
     "DatasetSpec", "SPECS", "get_spec", "load_split", "train_val_split", "BatchLoader",
-    "augment_batch", "normalize", "make_loaders", "ood_images", "OOD_NAMES", "load_cifar_c", "check_cifar_c",
+    "augment_batch", "make_loaders", "ood_images", "OOD_NAMES", "load_cifar_c", "check_cifar_c",
     "DataFileError",
     "list_cifar_c", "CIFAR_C_STANDARD", "CIFAR_C_EXTRA", "DEFAULT_DATA_DIR",
     "DEBIAN_FASHION_MNIST_DIR", "clear_cache", "to_channels", "to_size",

@@ -12,8 +12,7 @@ import torch.nn.functional as F
 from ..errors import UsageError
 from .specs import DatasetSpec
 
-__all__ = ["augment_batch", "draw_augment_table", "split_augment_table", "draw_augment_params",
-           "apply_crop_flip"]
+__all__ = ["augment_batch", "draw_augment_table", "split_augment_table", "apply_crop_flip"]
 
 
 def draw_augment_table(n: int, spec: DatasetSpec, generator: torch.Generator | None,
@@ -42,12 +41,6 @@ def split_augment_table(table: torch.Tensor, spec: DatasetSpec
     dy, dx = (table[0], table[1]) if crop else (None, None)
     flip = table[-1].bool() if spec.hflip else None
     return dy, dx, flip
-
-
-def draw_augment_params(n: int, spec: DatasetSpec, generator: torch.Generator | None
-                        ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """Per-sample (dy, dx) crop offsets in [0, 2p] and flip flags, drawn on the CPU in this order."""
-    return split_augment_table(draw_augment_table(n, spec, generator), spec)
 
 
 def _reflect_index(i: torch.Tensor, size: int) -> torch.Tensor:

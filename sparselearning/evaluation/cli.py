@@ -7,6 +7,7 @@ import sys
 from typing import Sequence
 
 from ..errors import OneLineArgumentParser
+from ..paper_flags import NO_OP_SWITCHES, NO_OP_VALUE_FLAGS, add_ignored_flags
 from . import metrics as Mx
 from .compare import CompareConfig, compare
 from .config import EvalConfig, parse_modes
@@ -14,18 +15,14 @@ from .runner import evaluate
 
 __all__ = ["build_parser", "config_from_args", "compare_config", "main"]
 
-# Accepted so the original script's command lines still parse; they do nothing here.
+# Accepted so the original script's command lines still parse; they do nothing here (besides the paper's
+# no-op flags of every script, sparselearning.paper_flags).
 _IGNORED_FLAGS = [
     ("--batch-size", dict(type=int)), ("--epochs", dict(type=int)), ("--lr", dict(type=float)),
     ("--momentum", dict(type=float)), ("--log-interval", dict(type=int)), ("--optimizer", {}),
-    ("--l1", dict(type=float)), ("--l2", dict(type=float)), ("--fp16", dict(action="store_true")),
-    ("--valid_split", dict(type=float)), ("--start-epoch", dict(type=int)), ("--iters", dict(type=int)),
-    ("--save-features", dict(action="store_true")), ("--bench", dict(action="store_true")),
-    ("--max-threads", dict(type=int)), ("--decay-schedule", {}), ("--nolrsche", dict(action="store_true")),
-    ("--nolr_scheduler", dict(action="store_true")), ("--world-size", dict(type=int)),
-    ("--mgpu", dict(action="store_true")), ("--multiplier", dict(type=int)),
-    ("--no_rewire_extend", dict(action="store_true")), ("--save", {}), ("--decay_frequency", dict(type=int)),
-    ("--batch-size-jac", dict(type=int)), ("--print_freq", dict(type=int)), ("--ensemble_size", dict(type=int)),
+    ("--l2", dict(type=float)), ("--valid_split", dict(type=float)), ("--decay-schedule", {}),
+    ("--nolrsche", dict(action="store_true")), ("--nolr_scheduler", dict(action="store_true")),
+    ("--multiplier", dict(type=int)), ("--print_freq", dict(type=int)), ("--ensemble_size", dict(type=int)),
     ("--output_file", {}), ("--l2_regu", dict(action="store_true")), ("--grow-switch", {}),
     ("--grow-zero", dict(action="store_true")), ("--grow-max", dict(type=float)), ("--start_iter", dict(type=int)),
     ("--growth", {}), ("--death", {}), ("--redistribution", {}), ("--death-rate", dict(type=float)),
@@ -128,6 +125,7 @@ def build_parser() -> OneLineArgumentParser:
         if kw.get("action") != "store_true":
             kw = {**kw, "metavar": "V"}
         g.add_argument(flag, dest="ignored_" + flag.strip("-").replace("-", "_"), help="ignored", **kw)
+    add_ignored_flags(g, NO_OP_VALUE_FLAGS, NO_OP_SWITCHES, "ignored_", help="ignored")
     return p
 
 

@@ -95,7 +95,8 @@ def metrics_from_log_probs(log_probs: torch.Tensor, labels: torch.Tensor, bins: 
     """An ensemble's metrics from its members' (M, N, C) test log-probabilities."""
     ens = Mx.ensemble_log_probs(log_probs)
     return {"acc": Mx.accuracy(ens, labels), "nll": Mx.nll(ens, labels), "ece": Mx.ece(ens.exp(), labels, bins),
-            "disagreement": Mx.mean_pairwise_disagreement(log_probs) if log_probs.shape[0] > 1 else None,
+            "disagreement": (Mx.mean_over_pairs(Mx.disagreement_matrix(log_probs)) if log_probs.shape[0] > 1
+                             else None),
             "ood_auroc": None}
 
 

@@ -31,7 +31,7 @@ import torch
 __all__ = [
     "log_probs_from_logits", "accuracy", "nll", "ensemble_log_probs", "ensemble_probs", "brier",
     "ece", "ece_freetickets", "ece_bin_sums", "ece_from_bin_sums", "reliability_bins",
-    "predictions", "disagreement_matrix", "mean_over_pairs", "mean_pairwise_disagreement",
+    "predictions", "disagreement_matrix", "mean_over_pairs",
     "kl_matrix", "symmetric_kl_matrix", "mean_pairwise_kl", "predictive_entropy", "expected_entropy",
     "mutual_information", "ood_scores", "ood_metrics", "mask_overlap", "mean_std",
 ]
@@ -188,11 +188,6 @@ def mean_over_pairs(matrix: torch.Tensor, ordered: bool = False) -> float:
         raise ValueError("a mean over pairs needs at least 2 members")
     mask = ~torch.eye(m, dtype=torch.bool) if ordered else torch.ones(m, m, dtype=torch.bool).triu(1)
     return float(matrix.double()[mask].mean())
-
-
-def mean_pairwise_disagreement(member_scores: torch.Tensor) -> float:
-    """Mean top-1 disagreement over the M(M-1)/2 pairs of members."""
-    return mean_over_pairs(disagreement_matrix(member_scores))
 
 
 def kl_matrix(member_log_probs: torch.Tensor) -> torch.Tensor:

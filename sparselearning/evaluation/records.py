@@ -5,10 +5,14 @@ therefore testable without a terminal, a file system or matplotlib.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-__all__ = ["Table", "Figure", "ModeResult"]
+import numpy as np
+import torch
+
+__all__ = ["Table", "Figure", "ModeResult", "json_safe"]
 
 
 @dataclass
@@ -55,3 +59,18 @@ class ModeResult:
         if len(hits) != 1:
             raise KeyError(f"{len(hits)} rows for {member} {metric} {where}")
         return hits[0]
+
+
+def json_safe(v: Any) -> Any:
+    """JSON-safe: non-finite floats become None, tensors lists."""
+    if isinstance(v, torch.Tensor):
+        v = v.tolist()
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {str(k): json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_safe(x) for x in v]
+    if isinstance(v, (np.floating, np.integer)):
+        return json_safe(v.item())
+    return v

@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import torch
 
 from ..checkpoint import _atomic_write, atomic_write_text
 from ..errors import UsageError
-from .records import Figure, ModeResult, Table
+from .records import Figure, ModeResult, Table, json_safe
 
 __all__ = ["fmt", "print_table", "print_result", "json_safe", "reserve_run_id", "write_rows", "draw", "short_labels"]
 
@@ -53,21 +52,6 @@ def print_result(res: ModeResult, out: Callable[[str], None]) -> None:
 
 
 # --------------------------------------------------------------------------- files
-def json_safe(v: Any) -> Any:
-    """JSON-safe: non-finite floats become None, tensors lists."""
-    if isinstance(v, torch.Tensor):
-        v = v.tolist()
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    if isinstance(v, dict):
-        return {str(k): json_safe(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [json_safe(x) for x in v]
-    if isinstance(v, (np.floating, np.integer)):
-        return json_safe(v.item())
-    return v
-
-
 def reserve_run_id(folder: Path, prefix: str = "results") -> str:
     """Local time YYYYmmdd-HHMMSS (plus -2, -3... when taken); creates the empty <prefix>_<id>.json."""
     base = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -26,9 +26,9 @@ from .inputs import (TestSet, corruption_sources, load_ood_sets, load_test_set, 
 from .logits import LogitStore
 from .ood import ood
 from .predictive import calibration, predict
-from .records import ModeResult
+from .records import ModeResult, json_safe
 from .report import draw, fmt, print_result, reserve_run_id, write_rows
-from .tickets import (Entry, build_model, check_members, discover_snapshot_runs, discover_tickets, load_entries, plain,
+from .tickets import (Entry, build_model, check_members, discover_snapshot_runs, discover_tickets, load_entries,
                       rel_name, ticket_spec)
 from .tsne import tsne
 
@@ -192,7 +192,7 @@ class Evaluation:
                 self.store.specs.setdefault(e.sha256, ticket_spec(e, self.test.spec)[0])
                 logits = self.store.logits(e, sub, keep_model=False)
                 vectors.append(torch.softmax(logits.double(), 1).flatten())
-                points.append({"run": run_name, "name": e.name, "epoch": plain(e.ticket.get("epoch")),
+                points.append({"run": run_name, "name": e.name, "epoch": json_safe(e.ticket.get("epoch")),
                                "kind": "snapshot"})
         run_of = {run_dir.resolve(): (rel_name(run_dir, self.root) if run_dir != self.root else ".")
                   for run_dir, _ in self.snapshot_runs}
@@ -200,7 +200,7 @@ class Evaluation:
             logits = self.store.logits(e, self.test.source)[idx]
             vectors.append(torch.softmax(logits.double(), 1).flatten())
             points.append({"run": run_of.get(e.path.parent.resolve()), "name": e.name,
-                           "epoch": plain(e.ticket.get("epoch")), "kind": "ticket"})
+                           "epoch": json_safe(e.ticket.get("epoch")), "kind": "ticket"})
         return points, torch.stack(vectors), runs, idx
 
     def run_mode(self, mode: str) -> ModeResult:

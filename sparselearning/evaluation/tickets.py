@@ -12,16 +12,17 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
 from ..checkpoint import load_ticket, ticket_model, ticket_state_dict, unpack_mask
 from ..errors import UsageError
+from .records import json_safe
 
 __all__ = ["natural_key", "discover_tickets", "discover_snapshot_runs", "Entry", "load_entries", "canonical_dataset",
-           "check_members", "check_ticket", "ticket_spec", "build_model", "plain", "rel_name"]
+           "check_members", "check_ticket", "ticket_spec", "build_model", "rel_name"]
 
 _TICKET_SUFFIXES = (".pth", ".pt")
 _SKIP_FILES = {"last.pth", "last.pt"}
@@ -97,17 +98,8 @@ class Entry:
         keys = ("model", "dataset", "num_classes", "kind", "role", "seed", "epoch", "ticket_index", "val_acc",
                 "val_loss", "density")
         out = {"name": self.name, "path": str(self.path), "sha256": self.sha256}
-        out.update({k: plain(self.ticket.get(k)) for k in keys if k in self.ticket})
+        out.update({k: json_safe(self.ticket.get(k)) for k in keys if k in self.ticket})
         return out
-
-
-def plain(v: Any) -> Any:
-    """Tensors and numpy scalars as plain Python values (for JSON)."""
-    if isinstance(v, torch.Tensor):
-        return v.tolist()
-    if isinstance(v, (np.floating, np.integer)):
-        return v.item()
-    return v
 
 
 def _sha256(path: Path) -> str:

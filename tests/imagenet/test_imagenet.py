@@ -29,9 +29,8 @@ from sparselearning import checkpoint as ckpt
 from sparselearning.cli import normalise_spellings
 from sparselearning.data.imagenet import IMAGENET_MEAN, IMAGENET_STD, imagenet_val_batches
 
-pytestmark = pytest.mark.slow  # end-to-end: real training/evaluation processes
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MAIN = REPO / "ImageNet" / "main.py"
 CLASSES = ("n01440764", "n01443537", "n01484850")
 
@@ -240,6 +239,7 @@ def test_multiproc_forwards_to_torchrun():
 
 
 # ------------------------------------------------------------------------------------------ model and data
+@pytest.mark.slow
 def test_imagenet_resnets_registered_and_initialised():
     model = get_model("imagenet-resnet50", num_classes=1000, in_channels=3, image_size=224)
     assert sum(p.numel() for p in model.parameters()) == 25_557_032  # torchvision's ResNet-50
@@ -255,6 +255,7 @@ def test_imagenet_resnets_registered_and_initialised():
     assert all(torch.all(m.weight == 1) and torch.all(m.bias == 0) for m in bns)
 
 
+@pytest.mark.slow
 def test_val_batches_for_the_evaluator(image_root):
     batches, spec = imagenet_val_batches(image_root, image_size=32, batch_size=5, device="cpu", workers=0)
     assert spec.num_classes == 3 and spec.image_size == 32 and spec.mean == IMAGENET_MEAN and spec.std == IMAGENET_STD
@@ -264,6 +265,7 @@ def test_val_batches_for_the_evaluator(image_root):
     assert -3 < float(x.min()) < 0 < float(x.max()) < 3  # normalised
 
 
+@pytest.mark.slow
 def test_worker_processes_start_from_a_fork_server(image_root):
     """Same batches with 2 workers as in-process; the workers are not forks of this (threaded) process."""
     import multiprocessing
@@ -281,6 +283,7 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists() and _state(pid) not in ("Z", "X", "")
 
 
+@pytest.mark.slow
 def test_a_worker_ends_when_its_trainer_is_gone():
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # a pid that no longer exists
@@ -291,6 +294,7 @@ def test_a_worker_ends_when_its_trainer_is_gone():
     assert r.returncode == 0 and time.time() - start < 30
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
 def test_killed_trainer_leaves_no_worker(image_root):
     code = (f"import sys, time; from sparselearning.data.imagenet import imagenet_val_batches\n"
@@ -308,6 +312,7 @@ def test_killed_trainer_leaves_no_worker(image_root):
     assert not any(_alive(p) for p in workers)
 
 
+@pytest.mark.slow
 def test_multiproc_checks_flags_and_data_once_before_torchrun(tmp_path):
     """Bad input through the paper's launcher: one line and exit 2 from multiproc.py itself, no worker started."""
     for extra, needle in ((["--density", "0", str(tmp_path)], "--density must be in (0, 1]"),
@@ -320,6 +325,7 @@ def test_multiproc_checks_flags_and_data_once_before_torchrun(tmp_path):
         assert lines[0].startswith("ImageNet/main.py: error: ") and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_bad_input_is_printed_by_local_rank_0_only(monkeypatch, capsys):
     from sparselearning.errors import run_cli
 

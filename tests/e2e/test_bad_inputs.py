@@ -28,7 +28,6 @@ from models import get_model
 from sparselearning import checkpoint as ckpt
 from sparselearning.recipes import main as train_main
 
-pytestmark = pytest.mark.slow  # end-to-end: real training/evaluation processes
 
 IMAGENET = REPO / "ImageNet" / "main.py"
 TRAIN = ["--model", "cnn-small", "--data", "fashionmnist", "--data-dir", "{data}", "--batch-size", "32", "--epochs",
@@ -445,6 +444,7 @@ def test_table_is_large_enough():
     assert {"main_individual.py", "main_DST.py", "main_EDST.py", "main_PF.py", "ensemble_freetickets.py"} <= scripts
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case_id", [c.id for c in CASES])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(case_id, results):
     case = results["cases"][case_id]
@@ -456,6 +456,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case_id, results):
     assert r["after"] == r["before"], "files were written or changed"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case_id", sorted(REAL_PROCESS_IDS))
 def test_forked_runs_are_what_a_real_process_does(case_id, results):
     """Same exit code, same stderr byte for byte (the same folder path), nothing written either way."""
@@ -464,20 +465,6 @@ def test_forked_runs_are_what_a_real_process_does(case_id, results):
     assert r["real"]["after"] == r["after"] == r["before"]
 
 
+@pytest.mark.slow
 def test_shared_inputs_unchanged(results):
     assert results["shared_unchanged"]
-
-
-def test_tiny_densities_get_folders_of_their_own():
-    """--density 1e-7 and 4e-7 used to share density_0 (rounded to 6 decimals): one run refused the other's folder
-    as 'already holds a run', or resumed it. Usual densities keep their names; 1 - 0.8 is still density_0.2."""
-    from sparselearning.runfolder import run_folder
-
-    def name(d: float) -> str:
-        return run_folder("r", "m", "cifar10", "DST", 1, d).parent.parent.name
-
-    assert [name(d) for d in (0.2, 0.05, 1.0, 1 - 0.8, 0.5)] == ["density_0.2", "density_0.05", "density_1",
-                                                                 "density_0.2", "density_0.5"]
-    tiny = [1e-7, 4e-7, 1e-9, 1.5e-7, 0.1234567]
-    assert [name(d) for d in tiny] == ["density_1e-07", "density_4e-07", "density_1e-09", "density_1.5e-07",
-                                       "density_0.1234567"]

@@ -7,10 +7,8 @@ in the training engine's layouts (DST ``seed=*/model.pth`` with ``snapshots/``, 
 from __future__ import annotations
 
 import csv
-import gzip
 import json
 import pickle
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -20,13 +18,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import write_mnist_raw
 from models import get_model
 from sparselearning import evaluation as E
 from sparselearning.evaluation import logits as L
 from sparselearning.checkpoint import atomic_save, build_ticket
 from sparselearning.errors import run_cli
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "ensemble_freetickets.py"
 N_TEST = 60
 FMNIST_NORM = {"mean": [0.2860], "std": [0.3530]}
@@ -36,13 +35,6 @@ pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 # =========================================================================== fixtures
-def _write_idx(path: Path, arr: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    header = bytes([0, 0, 8, arr.ndim]) + b"".join(struct.pack(">i", d) for d in arr.shape)
-    with gzip.open(path, "wb") as fh:
-        fh.write(header + arr.astype(np.uint8).tobytes())
-
-
 def _fake_images(n: int, seed: int, vertical: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """28x28 noisy images whose brightness encodes the class (learnable in a few steps); OoD ones get bars."""
     rng = np.random.default_rng(seed)
@@ -55,11 +47,8 @@ def _fake_images(n: int, seed: int, vertical: bool = False) -> tuple[np.ndarray,
 
 
 def _write_mnist_like(root: Path, folder: str, n_train: int, n_test: int, seed: int, vertical: bool) -> None:
-    raw = root / folder / "raw"
-    for prefix, n, s in (("train", n_train, seed), ("t10k", n_test, seed + 1)):
-        x, y = _fake_images(n, s, vertical)
-        _write_idx(raw / f"{prefix}-images-idx3-ubyte.gz", x)
-        _write_idx(raw / f"{prefix}-labels-idx1-ubyte.gz", y)
+    write_mnist_raw(root, folder, {prefix: _fake_images(n, s, vertical)
+                                   for prefix, n, s in (("train", n_train, seed), ("t10k", n_test, seed + 1))})
 
 
 def _meta(kind: str, seed: int, epoch: int, index: int, role: str = "ticket", model: str = "cnn-small",

@@ -4,7 +4,7 @@ The commands come from the README itself, in its order: the DST loop (seeds 18, 
 model, the paper's PF command (``$pretrain``: the dense model.pth) and ours, then the evaluations
 (``--mode predict`` and ``--mode all`` with a small CIFAR-10-C folder) and ``--compare``. WRN-28-10 becomes
 cnn-small, the data a few hundred fake CIFAR-10 images, the epoch counts a few. The ImageNet launch line
-runs as printed in tests/test_imagenet.py::test_paper_launch_line_through_multiproc.
+runs as printed in tests/imagenet/test_imagenet.py::test_paper_launch_line_through_multiproc.
 """
 import json
 import re

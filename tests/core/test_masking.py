@@ -54,6 +54,22 @@ def train(model, optimizer, mask, steps, start=0):
         mask.step()
 
 
+def test_momentum_growth_buffer_is_zero_at_every_inactive_position_after_an_update():
+    model, optimizer, mask = make(growth_mode="momentum", freq=2)
+    updates = 0
+    for i in range(8):
+        x, y = batch(i)
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        if mask.step():
+            updates += 1
+            for name, m in mask.masks.items():
+                assert torch.count_nonzero(mask.grad_momentum[name][~m]) == 0, name
+        else:  # between updates the dense gradient fills it everywhere: the reset above is real work
+            assert any(torch.count_nonzero(mask.grad_momentum[n][~m]) > 0 for n, m in mask.masks.items())
+    assert updates == 4
+
+
 def test_selects_conv_and_linear_weights_only():
     model, _, mask = make()
     assert set(mask.masks) == {"stem.weight", "conv.weight", "fc.weight"}
@@ -305,7 +321,9 @@ def test_load_state_dict_rejects_other_model():
 
 def test_masks_memory_one_byte_per_weight():
     _, _, mask = make()
-    assert all(m.element_size() == 1 for m in mask.masks.values())
+    for name, m in mask.masks.items():
+        assert m.dtype == torch.bool and m.shape == mask.params[name].shape
+        assert m.untyped_storage().nbytes() == mask.params[name].numel()  # not a view into something larger
 
 
 def test_update_step_with_zero_death_rate_keeps_inactive_weights_zero():

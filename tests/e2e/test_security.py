@@ -27,7 +27,6 @@ from sparselearning import checkpoint as ckpt
 from sparselearning.errors import UsageError
 from sparselearning.recipes import main as train_main
 
-pytestmark = pytest.mark.slow  # end-to-end: real training/evaluation processes
 
 IMAGENET = REPO / "ImageNet" / "main.py"
 TRAIN = ["--model", "cnn-small", "--data", "fashionmnist", "--batch-size", "32", "--epochs", "1", "--no-progress",
@@ -76,6 +75,7 @@ def world(tmp_path_factory):
     return w
 
 
+@pytest.mark.slow
 def test_the_payloads_are_real(world, tmp_path):
     """Control: loaded without weights_only, each file does run its payload (into a marker of its own)."""
     made = []
@@ -89,6 +89,7 @@ def test_the_payloads_are_real(world, tmp_path):
     assert made == [True, True, True]
 
 
+@pytest.mark.slow
 def test_safe_load_refuses_every_payload_in_process(world):
     for f in sorted(world["evil"].iterdir()):
         with pytest.raises(UsageError, match="refused: loading it would call"):
@@ -203,6 +204,7 @@ def results(world):
     return {"cases": done, "marker": marker.exists(), "shared_unchanged": tree_state(*shared) == shared_before}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case_id", [c[0] for c in _cases()])
 def test_every_loading_path_refuses_code_in_checkpoints(case_id, results):
     r = results["cases"][case_id]
@@ -211,6 +213,7 @@ def test_every_loading_path_refuses_code_in_checkpoints(case_id, results):
     assert not results["marker"], "a payload ran"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case_id", [c[0] for c in _traversal_cases()])
 def test_paths_from_flags_and_tickets_are_refused(case_id, results):
     """A --model/--data with path parts, or a ticket whose model/dataset holds one: one line, nothing written."""
@@ -219,6 +222,7 @@ def test_paths_from_flags_and_tickets_are_refused(case_id, results):
     assert r["unchanged"], "files were written or changed (outside or inside the output folder)"
 
 
+@pytest.mark.slow
 def test_forked_runs_are_what_a_real_process_does(results):
     real = {cid: r for cid, r in results["cases"].items() if "real" in r}
     assert len(real) == 2
@@ -226,10 +230,12 @@ def test_forked_runs_are_what_a_real_process_does(results):
         assert (r["real"]["code"], r["real"]["stderr"], r["real"]["unchanged"]) == (r["code"], r["stderr"], True), cid
 
 
+@pytest.mark.slow
 def test_shared_inputs_untouched(results):
     assert results["shared_unchanged"] and not results["marker"]
 
 
+@pytest.mark.slow
 def test_outputs_stay_in_the_chosen_folders(world, tmp_path):
     """Tickets whose metadata strings are paths ('../../..'): PF training and evaluation succeed and write only
     under --output-dir; the working folder and the input folders are untouched."""
@@ -306,6 +312,7 @@ def _poisoned_cifar(root: Path, marker: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_poisoned_cifar_batches_are_refused_in_training_and_evaluation(world, tmp_path):
     """A payload in a CIFAR batch: training (main_DST.py --data cifar10) and evaluation (an OoD set) refuse the file
     with one line, write nothing, and the payload never runs."""

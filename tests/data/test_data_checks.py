@@ -2,7 +2,6 @@
 in range, and a --data-dir that is a file is refused (no silent fallback to another copy)."""
 from __future__ import annotations
 
-import gzip
 import pickle
 import shutil
 import struct
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import Exec, Shell
+from helpers import Exec, Shell, write_mnist_raw, write_pickles
 from sparselearning import data as D
 from sparselearning.errors import UsageError
 
@@ -36,37 +35,24 @@ def _batch(n, seed, label_key=b"labels", classes=10):
 
 def write_cifar10(root: Path, n=6, protocol=2, test=None, **replace) -> list[dict]:
     """cifar-10-batches-py as released; replace={'data_batch_3': obj} puts obj in that file instead."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
-        d = replace.get(name, _batch(n, i))
-        out.append(d)
-        (folder / name).write_bytes(pickle.dumps(d, protocol=protocol))
-    return out
+    files = {name: replace.get(name, _batch(n, i))
+             for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"])}
+    write_pickles(root / "cifar-10-batches-py", files, protocol=protocol)
+    return list(files.values())
 
 
 def write_cifar100(root: Path, n=6, **replace):
-    folder = root / "cifar-100-python"
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, name in enumerate(("train", "test")):
-        d = replace.get(name, _batch(n, 10 + i, b"fine_labels", 100))
-        (folder / name).write_bytes(pickle.dumps(d, protocol=2))
-
-
-def _idx(arr: np.ndarray) -> bytes:
-    return bytes([0, 0, 0x08, arr.ndim]) + b"".join(struct.pack(">i", d) for d in arr.shape) + arr.tobytes()
+    write_pickles(root / "cifar-100-python", {name: replace.get(name, _batch(n, 10 + i, b"fine_labels", 100))
+                                              for i, name in enumerate(("train", "test"))}, protocol=2)
 
 
 def write_fmnist(root: Path, labels=None, size=28, n=5):
-    raw = root / "FashionMNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
+    splits = {}
     for prefix in ("train", "t10k"):
         x = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
-        y = np.asarray(labels if labels is not None else rng.integers(0, 10, n), dtype=np.uint8)
-        (raw / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx(x)))
-        (raw / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx(y)))
+        splits[prefix] = (x, np.asarray(labels if labels is not None else rng.integers(0, 10, n), dtype=np.uint8))
+    write_mnist_raw(root, "FashionMNIST", splits)
 
 
 # =========================================================================== the real format loads

@@ -41,7 +41,6 @@ from sparselearning import recipes as T  # main() lives in recipes since Run(pla
 from sparselearning.errors import run_cli
 from sparselearning.evaluation import discover_tickets
 
-pytestmark = pytest.mark.slow  # end-to-end: real training/evaluation processes
 
 
 SEED = 3
@@ -198,6 +197,7 @@ def pth_bytes(run_dir: Path) -> dict[str, bytes]:
 
 
 # ----------------------------------------------------------------------------------------------- SIGKILL
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["DST", "EDST", "PF"])
 def test_sigkill_anywhere_then_resume_is_bit_identical(name, env, tmp_path):
     ref_dir = env["reference"](name)
@@ -236,6 +236,7 @@ def test_sigkill_anywhere_then_resume_is_bit_identical(name, env, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- the lock
+@pytest.mark.slow
 def test_two_runs_at_once_into_one_folder(env, tmp_path):
     """A second run (plain, --overwrite or --resume) into a folder a running run holds stops with one line."""
     out = tmp_path / "out"
@@ -256,6 +257,7 @@ def test_two_runs_at_once_into_one_folder(env, tmp_path):
     assert_same_run(run_dir, env["reference"]("DST"))  # the first run completed unharmed
 
 
+@pytest.mark.slow
 def test_finished_run_is_never_overwritten(env, tmp_path):
     """Runs of another configuration (and of the same one) into a finished run's folder: one line, nothing changes."""
     ref_dir = env["reference"]("DST")
@@ -275,6 +277,7 @@ def test_finished_run_is_never_overwritten(env, tmp_path):
     assert tree_state(out) == before
 
 
+@pytest.mark.slow
 def test_a_run_started_while_another_builds_is_refused(env, tmp_path):
     """The lock comes before the folder check: a second run started while the first still builds its data and
     model (where both used to find the folder free, and the later one overwrote the other's tickets) is refused."""
@@ -291,6 +294,7 @@ def test_a_run_started_while_another_builds_is_refused(env, tmp_path):
     assert_same_run(run_dir, env["reference"]("DST"))
 
 
+@pytest.mark.slow
 def test_a_run_killed_in_its_first_epoch_leaves_its_flags(env, tmp_path):
     """summary.json (status "running", every flag) is written when the run starts, as its first log line says."""
     out = tmp_path / "out"
@@ -305,6 +309,7 @@ def test_a_run_killed_in_its_first_epoch_leaves_its_flags(env, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- NaN / inf
+@pytest.mark.slow
 def test_absurd_lr_stops_naming_epoch_and_step(env, tmp_path, capsys):
     out = tmp_path / "out"
     code, _, err = in_process("DST", env["args_for"]("DST", out) + ["--lr", "1e30"], capsys)
@@ -315,6 +320,7 @@ def test_absurd_lr_stops_naming_epoch_and_step(env, tmp_path, capsys):
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed: non-finite loss"
 
 
+@pytest.mark.slow
 def test_nan_loss_keeps_checkpoint_and_tickets_then_resume_finishes(env, tmp_path, monkeypatch, capsys):
     """A NaN at epoch 3, step 2 (the inputs of that batch poisoned): stop, keep every file, resume exactly."""
     out = tmp_path / "out"
@@ -350,6 +356,7 @@ def test_nan_loss_keeps_checkpoint_and_tickets_then_resume_finishes(env, tmp_pat
 
 
 # ----------------------------------------------------------------------------------------------- disk faults
+@pytest.mark.slow
 def test_full_disk_while_saving_keeps_previous_checkpoint(env, tmp_path, monkeypatch, capsys):
     """The epoch-3 last.pth goes to /dev/full (a real ENOSPC from the kernel): one line naming the path, epoch 2
     kept, no temporary left; --resume then finishes bit-identically."""
@@ -383,6 +390,7 @@ def test_full_disk_while_saving_keeps_previous_checkpoint(env, tmp_path, monkeyp
     assert_same_run(run_dir, env["reference"]("DST"))
 
 
+@pytest.mark.slow
 def test_unwritable_run_folder_while_saving(env, tmp_path, monkeypatch, capsys):
     """From epoch 2 on the run folder refuses new files (EACCES, as a read-only folder for a non-root user)."""
     out = tmp_path / "out"
@@ -410,6 +418,7 @@ def test_unwritable_run_folder_while_saving(env, tmp_path, monkeypatch, capsys):
     ckpt.load_ticket(run_dir / "model.pth")
 
 
+@pytest.mark.slow
 def test_log_file_unwritable_is_one_line(env, tmp_path, monkeypatch, capsys):
     """A real OSError outside the atomic writes (train.log turned into a folder mid-run): one line naming it."""
     out = tmp_path / "out"

@@ -7,7 +7,6 @@ import pytest
 from helpers import write_fashion_mnist
 from sparselearning.recipes import main
 
-pytestmark = pytest.mark.slow  # end-to-end: real training/evaluation processes
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +21,7 @@ def edst_run(tmp_path_factory):
     return out / "cnn-small/fashionmnist/density_0.2/EDST/M=2/seed=1"
 
 
+@pytest.mark.slow
 def test_metrics_csv_holds_the_summary_history(edst_run):
     history = json.loads((edst_run / "summary.json").read_text())["history"]
     with open(edst_run / "metrics.csv", newline="") as fh:
@@ -32,6 +32,7 @@ def test_metrics_csv_holds_the_summary_history(edst_run):
         assert int(r["phase"]) == h["phase"]
 
 
+@pytest.mark.slow
 def test_curves_png_written(edst_run):
     from PIL import Image
 
@@ -40,6 +41,7 @@ def test_curves_png_written(edst_run):
         assert im.format == "PNG" and im.size[0] > 600
 
 
+@pytest.mark.slow
 def test_summary_records_provenance(edst_run):
     prov = json.loads((edst_run / "summary.json").read_text())["provenance"]
     for key in ("command", "torch", "torchvision", "cuda", "device", "device_name", "git_commit", "git_dirty", "host"):
@@ -49,6 +51,7 @@ def test_summary_records_provenance(edst_run):
     assert prov["torch"] == torch.__version__
 
 
+@pytest.mark.slow
 def test_tensorboard_log_has_every_epoch(edst_run):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

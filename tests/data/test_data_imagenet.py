@@ -12,7 +12,6 @@ from sparselearning.data.imagenet import (IMAGENET_MEAN, IMAGENET_STD, DeviceBat
                                           imagenet_val_batches)
 from sparselearning.errors import UsageError
 
-pytestmark = pytest.mark.slow  # end-to-end: real training/evaluation processes
 
 CLASSES = ("a", "b")
 
@@ -75,6 +74,7 @@ def _reference_val(root: Path, size: int) -> torch.Tensor:
     return torch.stack(out)
 
 
+@pytest.mark.slow
 def test_default_val_path_equals_pil_reference(root):
     batches, _ = imagenet_val_batches(root, image_size=24, batch_size=4, device="cpu", workers=0)
     x, y = _all(batches)
@@ -82,6 +82,7 @@ def test_default_val_path_equals_pil_reference(root):
     assert torch.allclose(x, _reference_val(root, 24), atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 def test_corrupt_jpeg_is_named(damaged, workers):
     root, bad = damaged
@@ -94,6 +95,7 @@ def test_corrupt_jpeg_is_named(damaged, workers):
         assert "\n" not in msg and f"image {bad} could not be decoded" in msg and "skip" in msg, msg
 
 
+@pytest.mark.slow
 def test_garbage_file_is_named_in_training(tmp_path):
     root = _write(tmp_path / "img")
     bad = root / "train" / "a" / "2.JPEG"
@@ -104,6 +106,7 @@ def test_garbage_file_is_named_in_training(tmp_path):
             _all(loader)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("decode", ["pil", "gpu"])
 def test_skip_unreadable_leaves_the_image_out_and_counts_it(damaged, decode, root):
     damaged_root, bad = damaged
@@ -117,6 +120,7 @@ def test_skip_unreadable_leaves_the_image_out_and_counts_it(damaged, decode, roo
         assert torch.allclose(x, torch.cat([ref[:8], ref[9:]]), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_bytes_path_decodes_close_to_pil(root):
     """decode='gpu' on a CPU device: torchvision.io decodes the file bytes; val images match PIL's closely."""
     pil, _ = imagenet_val_batches(root, image_size=24, batch_size=4, device="cpu", workers=0)
@@ -136,6 +140,7 @@ def _train_epoch(root, workers, decode="pil", persistent=True, epochs=(0, 1), se
     return out
 
 
+@pytest.mark.slow
 def test_training_augmentation_is_per_sample_seeded(root):
     """Same epochs with 0 or 2 workers, persistent or not; another seed, other crops; PIL and bytes paths draw
     the same crops."""
@@ -151,6 +156,7 @@ def test_training_augmentation_is_per_sample_seeded(root):
         assert torch.equal(ya, yb) and (xa - xb).abs().mean().item() < 0.05
 
 
+@pytest.mark.slow
 def test_loader_options_reach_the_dataloader(root):
     batches, _ = imagenet_val_batches(root, image_size=16, batch_size=4, device="cpu", workers=2,
                                       prefetch_factor=3)

@@ -26,7 +26,7 @@ import torch
 
 from sparselearning import checkpoint as ckpt
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def wrn_shapes(widen: int = 10, blocks: int = 4, classes: int = 10) -> dict[str, tuple]:
@@ -44,15 +44,51 @@ def wrn_shapes(widen: int = 10, blocks: int = 4, classes: int = 10) -> dict[str,
     return shapes
 
 
+def load_module(path: Path, name: str):
+    """Import the file at `path` as module `name` (benchmark scripts, which are no package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_benchmark(name: str):
+    """benchmarks/<name>.py as module bench_<name>."""
+    return load_module(REPO / "benchmarks" / f"{name}.py", f"bench_{name}")
+
+
+def sibling_tests(relpath: str):
+    """Another test file's module (its constants and data writers), e.g. "imagenet/test_imagenet.py": the one
+    pytest imported, else imported now."""
+    name = Path(relpath).stem
+    return sys.modules.get(name) or load_module(REPO / "tests" / relpath, name)
+
+
 def numel(shape):
     return math.prod(shape)
 
 
 # ------------------------------------------------------------------ tiny datasets in real on-disk formats
-def _idx_bytes(array: np.ndarray) -> bytes:
+def idx_bytes(array: np.ndarray) -> bytes:
+    """The idx format of MNIST-like files: magic 0, 0, 0x08 (unsigned byte), ndim; big-endian int32 sizes; bytes."""
     dtype_code = 0x08  # unsigned byte
     header = struct.pack(">HBB", 0, dtype_code, array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
     return header + array.astype(np.uint8).tobytes()
+
+
+def write_mnist_raw(root: Path, folder: str, splits: dict, gz: bool = True) -> Path:
+    """<root>/<folder>/raw/<split>-images-idx3-ubyte[.gz] and -labels-idx1-ubyte[.gz] as torchvision lays them out;
+    splits: {"train": (images, labels), "t10k": (images, labels)}."""
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for split, (x, y) in splits.items():
+        for stem, array in ((f"{split}-images-idx3-ubyte", x), (f"{split}-labels-idx1-ubyte", y)):
+            data = idx_bytes(np.asarray(array))
+            (raw / (stem + ".gz" if gz else stem)).write_bytes(gzip.compress(data) if gz else data)
+    return root
 
 
 def _learnable_images(n: int, classes: int, shape: tuple, rng: np.random.Generator):
@@ -67,26 +103,28 @@ def _learnable_images(n: int, classes: int, shape: tuple, rng: np.random.Generat
 
 
 def write_fashion_mnist(root: Path, n_train: int = 300, n_test: int = 100, seed: int = 0) -> Path:
-    """FashionMNIST/raw/*.gz as torchvision lays them out."""
+    """FashionMNIST/raw/*.gz of learnable images."""
     rng = np.random.default_rng(seed)
-    raw = root / "FashionMNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", n_train), ("t10k", n_test)):
-        x, y = _learnable_images(n, 10, (28, 28), rng)
-        (raw / f"{split}-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(x)))
-        (raw / f"{split}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(y)))
-    return root
+    return write_mnist_raw(root, "FashionMNIST", {split: _learnable_images(n, 10, (28, 28), rng)
+                                                   for split, n in (("train", n_train), ("t10k", n_test))})
+
+
+def write_pickles(folder: Path, files: dict, protocol: int = pickle.DEFAULT_PROTOCOL) -> Path:
+    """One pickle per file name, as the CIFAR releases hold them (cifar-10-batches-py/, cifar-100-python/)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, obj in files.items():
+        (folder / name).write_bytes(pickle.dumps(obj, protocol=protocol))
+    return folder
 
 
 def write_cifar10(root: Path, per_batch: int = 60, n_test: int = 60, seed: int = 0) -> Path:
-    """cifar-10-batches-py/ pickles (data_batch_1..5, test_batch) in the release's format."""
+    """cifar-10-batches-py/ pickles (data_batch_1..5, test_batch) of learnable images in the release's format."""
     rng = np.random.default_rng(seed)
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
     for name, n in [(f"data_batch_{i}", per_batch) for i in range(1, 6)] + [("test_batch", n_test)]:
         x, y = _learnable_images(n, 10, (3, 32, 32), rng)
-        with open(folder / name, "wb") as fh:
-            pickle.dump({b"data": x.reshape(n, -1), b"labels": [int(v) for v in y]}, fh)
+        files[name] = {b"data": x.reshape(n, -1), b"labels": [int(v) for v in y]}
+    write_pickles(root / "cifar-10-batches-py", files)
     return root
 
 

@@ -1,20 +1,17 @@
-"""Each mode function alone, on hand-built log-probabilities; the figures a reader sees; --help; provenance."""
+"""Each mode function alone, on hand-built log-probabilities; the figures a reader sees."""
 from __future__ import annotations
 
-import argparse
 import math
 
 import pytest
 import torch
 
 from sparselearning.errors import UsageError
-from sparselearning.evaluation import build_parser
 from sparselearning.evaluation.config import EvalConfig, validate_config
 from sparselearning.evaluation.diversity import disagreement, kd
 from sparselearning.evaluation.ood import ood
 from sparselearning.evaluation.predictive import calibration, predict
 from sparselearning.evaluation.report import PLOTTERS, _pyplot
-from sparselearning.provenance import git_state, provenance
 
 NAMES = ["seed=1/model.pth", "seed=2/model.pth"]
 TITLE = "DST cnn-small (density 0.5, M=2)"
@@ -136,30 +133,9 @@ def test_corruption_figure_legend_names_the_boxes():
 
 
 # --------------------------------------------------------------------------- flags
-def test_help_shows_a_line_and_a_default_for_every_flag():
-    parser = build_parser()
-    for action in parser._actions:
-        if isinstance(action, argparse._HelpAction):
-            continue
-        assert action.help, action.option_strings
-        text = parser._get_formatter()._get_help_string(action)
-        assert "default" in text, (action.option_strings, text)
-    assert "(default: 15)" in parser.format_help().replace("\n", " ").replace("  ", " ") or \
-        "15)" in parser.format_help()
-
-
 def test_ece_bins_bound_and_device_check():
     with pytest.raises(UsageError, match="--ece-bins"):
         validate_config(EvalConfig(resume=".", ece_bins=100_000_000))
     with pytest.raises(UsageError, match="--device"):
         validate_config(EvalConfig(resume=".", device="tpu"))
     assert validate_config(EvalConfig(resume=".", device="cpu")).type == "cpu"
-
-
-# --------------------------------------------------------------------------- provenance
-def test_provenance_fields_and_not_a_checkout(tmp_path):
-    p = provenance(["x.py", "--flag"], "cpu")
-    assert p["command"] == ["x.py", "--flag"] and p["torch"] == torch.__version__
-    assert p["device"] == "cpu" and p["host"] and p["python"]
-    assert provenance()["device"] is None
-    assert git_state(tmp_path) == {"git_commit": None, "git_dirty": None}

@@ -35,12 +35,13 @@ def test_windows_of_one_phase_edst_and_imagenet_schedules():
 
 
 # ------------------------------------------------------------------ Masking alone
-def _update_steps(windows=(), steps=20, frequency=2):
+def _update_steps(windows=None, steps=20, frequency=2):
     """The steps (1-based) at which Masking ran a topology update, and the masks before/after the last window."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    mask = Masking(opt, death_rate=0.5, update_frequency=frequency, no_update_windows=windows)
+    mask = Masking(opt, death_rate=0.5, update_frequency=frequency,
+                   **({} if windows is None else {"no_update_windows": windows}))
     mask.add_module(model, density=0.3, sparse_init="uniform")
     x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
     updated, snapshots = [], {}
@@ -65,12 +66,12 @@ def test_masking_skips_updates_inside_the_windows():
 
 
 def test_default_gives_todays_updates():
-    updated, snaps, mask = _update_steps()
+    updated, snaps, mask = _update_steps(windows=None)  # Masking without the argument
     assert updated == list(range(2, 21, 2))
     assert Masking(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)).no_update_windows == ()
-    # the same run as Masking without the new argument at all
-    plain_updated, plain_snaps, _ = _update_steps(windows=())
-    assert plain_updated == updated and all(torch.equal(snaps[20][n], plain_snaps[20][n]) for n in snaps[20])
+    # a window beyond the run changes nothing: the same steps, the same final masks
+    late_updated, late_snaps, _ = _update_steps(windows=((21, 30),))
+    assert late_updated == updated and all(torch.equal(snaps[20][n], late_snaps[20][n]) for n in snaps[20])
 
 
 def test_masking_rejects_bad_windows():
@@ -86,6 +87,7 @@ def _common(data_dir, out, *extra):
             "--test-batch-size", "64", "--output-dir", str(out), "--no-progress", "--seed", "1", *map(str, extra)]
 
 
+@pytest.mark.slow
 def test_edst_run_counts_updates_per_phase(fmnist_dir, tmp_path):
     out = tmp_path / "results"
     main("EDST", ["--sparse", "--epochs", "5", "--epochs-explo", "1", "--model-num", "2", "--density", "0.2",
@@ -101,6 +103,7 @@ def test_edst_run_counts_updates_per_phase(fmnist_dir, tmp_path):
     assert state["flags"]["stop_updates_frac"] == 0.5
 
 
+@pytest.mark.slow
 def test_checkpoint_from_before_the_flag_resumes(fmnist_dir, tmp_path):
     argv = ["--sparse", "--density", "0.2", "--epochs", "2", "--update-frequency", "4", *_common(fmnist_dir,
                                                                                                   tmp_path / "r")]

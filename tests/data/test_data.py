@@ -1,11 +1,9 @@
 """Data layer: on-disk formats, splits, the batch loader, augmentation, OoD sets, CIFAR-C."""
 from __future__ import annotations
 
-import gzip
 import os
 import pickle
 import socket
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import write_mnist_raw, write_pickles
 from sparselearning import data as D
 from sparselearning.data import augment, sources
+from sparselearning.data.normalization import channel_stats, normalize_uint8
 from sparselearning.errors import UsageError
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -26,60 +26,41 @@ def _rng(seed=0):
 
 
 def write_cifar10(root: Path, per_batch=20, n_test=10, seed=0):
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
     rng = _rng(seed)
-    xs, ys = [], []
+    files, xs, ys = {}, [], []
     for i in range(1, 6):
         x = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
         y = rng.integers(0, 10, per_batch).tolist()
-        with open(folder / f"data_batch_{i}", "wb") as fh:
-            pickle.dump({b"batch_label": b"training batch", b"labels": y, b"data": x,
-                         b"filenames": [b"f"] * per_batch}, fh, protocol=2)
+        files[f"data_batch_{i}"] = {b"batch_label": b"training batch", b"labels": y, b"data": x,
+                                    b"filenames": [b"f"] * per_batch}
         xs.append(x)
         ys += y
     xt = rng.integers(0, 256, (n_test, 3072), dtype=np.uint8)
     yt = rng.integers(0, 10, n_test).tolist()
-    with open(folder / "test_batch", "wb") as fh:
-        pickle.dump({b"batch_label": b"testing batch", b"labels": yt, b"data": xt}, fh, protocol=2)
+    files["test_batch"] = {b"batch_label": b"testing batch", b"labels": yt, b"data": xt}
+    write_pickles(root / "cifar-10-batches-py", files, protocol=2)
     return (np.concatenate(xs).reshape(-1, 3, 32, 32), np.array(ys)), (xt.reshape(-1, 3, 32, 32), np.array(yt))
 
 
 def write_cifar100(root: Path, n_train=30, n_test=12, seed=1):
-    folder = root / "cifar-100-python"
-    folder.mkdir(parents=True)
     rng = _rng(seed)
-    out = []
+    files, out = {}, []
     for name, n in (("train", n_train), ("test", n_test)):
         x = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
         fine = rng.integers(0, 100, n).tolist()
-        with open(folder / name, "wb") as fh:
-            pickle.dump({b"data": x, b"fine_labels": fine, b"coarse_labels": [f // 5 for f in fine]}, fh, protocol=2)
+        files[name] = {b"data": x, b"fine_labels": fine, b"coarse_labels": [f // 5 for f in fine]}
         out.append((x.reshape(-1, 3, 32, 32), np.array(fine)))
+    write_pickles(root / "cifar-100-python", files, protocol=2)
     return out
-
-
-def _idx_bytes(arr: np.ndarray) -> bytes:
-    header = bytes([0, 0, 0x08, arr.ndim]) + b"".join(struct.pack(">i", d) for d in arr.shape)
-    return header + arr.astype(np.uint8).tobytes()
 
 
 def write_mnist_like(root: Path, folder_name: str, n_train=24, n_test=8, gz=True, seed=2):
-    folder = root / folder_name / "raw"
-    folder.mkdir(parents=True)
     rng = _rng(seed)
-    out = []
+    splits = {}
     for prefix, n in (("train", n_train), ("t10k", n_test)):
-        x = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-        y = rng.integers(0, 10, n).astype(np.uint8)
-        for stem, arr in ((f"{prefix}-images-idx3-ubyte", x), (f"{prefix}-labels-idx1-ubyte", y)):
-            if gz:
-                with gzip.open(folder / f"{stem}.gz", "wb") as fh:
-                    fh.write(_idx_bytes(arr))
-            else:
-                (folder / stem).write_bytes(_idx_bytes(arr))
-        out.append((x[:, None], y.astype(np.int64)))
-    return out
+        splits[prefix] = (rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n).astype(np.uint8))
+    write_mnist_raw(root, folder_name, splits, gz)
+    return [(x[:, None], y.astype(np.int64)) for x, y in splits.values()]
 
 
 def write_svhn(root: Path, n=15, seed=3):
@@ -296,7 +277,7 @@ def test_loader_without_augmentation_serves_the_right_images():
     loader = D.BatchLoader(x, y, 8, shuffle=True, augment=False, spec=spec,
                            generator=torch.Generator().manual_seed(3))
     for xb, yb in loader:
-        assert torch.equal(xb, D.normalize(x[yb].float() / 255, spec))
+        assert torch.equal(xb, normalized(x[yb], spec))
 
 
 def test_same_seed_same_batches_and_exact_resume():
@@ -352,12 +333,12 @@ def test_make_loaders_val_and_test_not_augmented(tmp_path):
     xtr_t, xte_t = torch.from_numpy(xtr), torch.from_numpy(xte)
     xv = torch.cat([xb for xb, _ in val])
     yv = torch.cat([yb for _, yb in val])
-    assert torch.equal(xv, D.normalize(xtr_t[90:].float() / 255, spec))
+    assert torch.equal(xv, normalized(xtr_t[90:], spec))
     assert yv.tolist() == ytr[90:].tolist()
     xt = torch.cat([xb for xb, _ in test])
-    assert torch.equal(xt, D.normalize(xte_t.float() / 255, spec))
+    assert torch.equal(xt, normalized(xte_t, spec))
     # The training loader does augment: some served image differs from its plain normalisation.
-    diffs = [not torch.equal(xb, D.normalize(xtr_t[yb_idx].float() / 255, spec))
+    diffs = [not torch.equal(xb, normalized(xtr_t[yb_idx], spec))
              for xb, yb_idx in _train_batches_with_index(train, xtr_t)]
     assert any(diffs)
     _, val0, _, _ = D.make_loaders("cifar10", str(tmp_path), 16, 4, 0.0, "cpu", g, download=False)
@@ -394,7 +375,7 @@ def test_augment_batch_matches_explicit_slicing(name):
     replay.set_state(g.get_state())
     out = D.augment_batch(x, spec, g)
     assert out.dtype == torch.uint8 and out.shape == x.shape
-    dy, dx, flip = augment.draw_augment_params(64, spec, replay)
+    dy, dx, flip = augment.split_augment_table(augment.draw_augment_table(64, spec, replay), spec)
     assert torch.equal(g.get_state(), replay.get_state())  # the draws are exactly these
     for i in range(64):
         ref = _reference_crop(x[i], spec, int(dy[i]), int(dx[i]), bool(flip[i]))
@@ -432,16 +413,22 @@ def test_augment_batch_float_equals_uint8_and_mnist_is_identity():
     assert torch.equal(D.augment_batch(xm, mn, g), xm) and torch.equal(g.get_state(), before)
 
 
+def normalized(x: torch.Tensor, spec) -> torch.Tensor:
+    """The reference: uint8 images -> (x / 255 - mean) / std per channel, in float32 and in this order."""
+    mean = torch.tensor(spec.mean, dtype=torch.float32).view(-1, 1, 1)
+    std = torch.tensor(spec.std, dtype=torch.float32).view(-1, 1, 1)
+    return (x.float() / 255 - mean) / std
+
+
 def test_normalize_matches_formula():
     for name in ("cifar10", "cifar100", "fashionmnist", "mnist"):
         spec = D.get_spec(name)
         x = _images(3, c=spec.in_channels, s=spec.image_size)
-        got = D.normalize(x.float() / 255, spec)
+        got = normalize_uint8(x, *channel_stats(spec.mean, spec.std))
+        assert torch.equal(got, normalized(x, spec))
         for c in range(spec.in_channels):
             want = (x[:, c].double() / 255 - spec.mean[c]) / spec.std[c]
             assert torch.allclose(got[:, c].double(), want, atol=1e-5)
-    with pytest.raises(UsageError):
-        D.normalize(_images(1), D.get_spec("cifar10"))
 
 
 # =========================================================================== OoD

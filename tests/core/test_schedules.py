@@ -4,21 +4,26 @@ import pytest
 
 from helpers import paper_imagenet_lr
 from sparselearning.core.schedules import (Schedule, death_rate, edst_schedule, factor_schedule, paper_imagenet_plan,
-                                           step_lr, step_schedule)
+                                           step_schedule)
 
 
-def test_step_lr_250():
-    lrs = {e: step_lr(e, 250, 0.1) for e in range(1, 251)}
+def test_step_schedule_250():
+    s = step_schedule(250, 0.1)  # x0.1 after epoch 125 and after epoch 187
+    lrs = {e: s.lr(e) for e in range(1, 251)}
     assert lrs[1] == lrs[125] == 0.1
     assert lrs[126] == pytest.approx(0.01) and lrs[187] == pytest.approx(0.01)
     assert lrs[188] == pytest.approx(0.001) and lrs[250] == pytest.approx(0.001)
+    assert s.num_tickets == 1 and s.reexplore_epochs == () and s.phase(1) == 0
 
 
-def test_step_schedule_is_step_lr_exactly():
-    for epochs in (1, 2, 3, 7, 250):
-        s = step_schedule(epochs, 0.1)
-        assert [s.lr(e) for e in range(1, epochs + 1)] == [step_lr(e, epochs, 0.1) for e in range(1, epochs + 1)]
-        assert s.num_tickets == 1 and s.reexplore_epochs == () and s.phase(1) == 0
+@pytest.mark.parametrize("epochs, expected", [
+    (1, [0.001]),  # milestones 0 and 0: both drops come before the one epoch
+    (2, [0.1, 0.001]),  # milestones 1 and 1: both drops after the first epoch
+    (3, [0.1, 0.01, 0.001]),  # milestones 1 and 2
+    (7, [0.1, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001]),  # milestones 3 and 5
+])
+def test_step_schedule_short_runs(epochs, expected):
+    assert [step_schedule(epochs, 0.1).lr(e) for e in range(1, epochs + 1)] == pytest.approx(expected)
     assert {step_schedule(250, 0.1, constant=True).lr(e) for e in range(1, 251)} == {0.1}
 
 
@@ -90,7 +95,9 @@ def test_imagenet_paper_schedule_scaled_to_other_lengths():
     assert reexplore == (29, 49, 70) and warmup == 1
     assert [e for e, _ in steps] == [9, 17, 26, 29, 38, 46, 49, 58, 67, 70, 78, 87]
     # short runs: coinciding re-explorations merge, none at the end, the warm-up shorter than the run
-    assert paper_imagenet_plan(4) == ((1, 2, 3), paper_imagenet_plan(4)[1], 0)
+    # by hand: epoch e of 310 becomes floor((8e + 310) / 620) of 4
+    assert paper_imagenet_plan(4) == ((1, 2, 3), ((0, 0.1), (1, 0.01), (1, 0.001), (1, 0.1), (2, 0.01), (2, 0.001),
+                                                  (2, 0.1), (3, 0.01), (3, 0.001), (3, 0.1), (3, 0.01), (4, 0.001)), 0)
     assert paper_imagenet_plan(2)[0] == (1,) and paper_imagenet_plan(1)[0] == () and paper_imagenet_plan(1)[2] == 0
     for epochs in range(1, 400):
         r, st, w = paper_imagenet_plan(epochs)
@@ -102,6 +109,10 @@ def test_death_rate_schedules():
     assert death_rate("cosine", 0.5, 0, 1000) == pytest.approx(0.5)
     assert death_rate("cosine", 0.5, 500, 1000) == pytest.approx((0.5 + 0.005) / 2)
     assert death_rate("cosine", 0.5, 1000, 1000) == pytest.approx(0.005)
+    # at t = 1/4 cosine and linear differ (at 0, 1/2 and 1 they agree): 0.005 + 0.495 * (1 + cos(pi/4)) / 2
+    assert death_rate("cosine", 0.5, 250, 1000) == pytest.approx(0.005 + 0.495 * (1 + 0.5 ** 0.5) / 2)
+    assert death_rate("cosine", 0.5, 250, 1000) == pytest.approx(0.42751, abs=1e-5)
+    assert death_rate("cosine", 0.5, 750, 1000) == pytest.approx(0.07749, abs=1e-5)
     assert death_rate("linear", 0.5, 250, 1000) == pytest.approx(0.5 - 0.495 / 4)
     assert death_rate("linear", 0.5, 2000, 1000) == pytest.approx(0.005)
     with pytest.raises(ValueError):

@@ -57,7 +57,7 @@ def test_ensemble_of_identical_members_equals_the_member():
     assert M.nll(ens, labels) == pytest.approx(M.nll(lp, labels), abs=1e-12)
     assert M.ece(ens.exp(), labels) == pytest.approx(M.ece(lp.exp(), labels), abs=1e-12)
     assert M.brier(ens.exp(), labels) == pytest.approx(M.brier(lp.exp(), labels), abs=1e-12)
-    assert M.mean_pairwise_disagreement(stack) == 0.0
+    assert M.mean_over_pairs(M.disagreement_matrix(stack)) == 0.0
     assert M.mean_pairwise_kl(stack) == pytest.approx(0.0, abs=1e-12)
     assert torch.allclose(M.mutual_information(stack.exp()), torch.zeros(50, dtype=torch.float64), atol=1e-12)
 
@@ -159,7 +159,7 @@ def test_disagreement_hand_computed():
     d = M.disagreement_matrix(preds)
     expected = t([[0, 0.25, 0.75], [0.25, 0, 0.5], [0.75, 0.5, 0]])
     assert torch.equal(d, expected)
-    assert M.mean_pairwise_disagreement(preds) == pytest.approx(0.5, abs=1e-12)  # no +0.001
+    assert M.mean_over_pairs(d) == pytest.approx(0.5, abs=1e-12)  # (0.25 + 0.75 + 0.5) / 3, no +0.001
 
 
 def test_disagreement_symmetric_zero_diagonal_from_probabilities():

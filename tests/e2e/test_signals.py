@@ -23,7 +23,6 @@ from sparselearning import checkpoint as ckpt
 from sparselearning import errors
 from sparselearning.recipes import main as train_main
 
-pytestmark = pytest.mark.slow  # end-to-end: real training/evaluation processes
 
 FLAGS = ["--sparse", "--density", "0.2", "--epochs", "4", "--update-frequency", "3", "--model", "cnn-small",
          "--data", "fashionmnist", "--batch-size", "32", "--test-batch-size", "64", "--no-progress", "--seed", "3"]
@@ -68,7 +67,8 @@ def resume_to_the_end(env, out: Path, after_epoch: int) -> None:
     assert_same_run(out / RUN, env["ref"])
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)],
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT],
                          ids=["SIGTERM", "SIGINT"])
 def test_signal_mid_epoch_stops_with_one_line_then_resume_is_bit_identical(env, tmp_path, signum):
     out = tmp_path / "out"
@@ -85,6 +85,7 @@ def test_signal_mid_epoch_stops_with_one_line_then_resume_is_bit_identical(env, 
     resume_to_the_end(env, out, after_epoch=2)
 
 
+@pytest.mark.slow
 def test_sigterm_inside_a_checkpoint_write_waits_for_the_write(env, tmp_path):
     """SIGTERM while the epoch-2 last.pth is half written: the process finishes that write, then stops (143)."""
     out = tmp_path / "out"
@@ -101,6 +102,7 @@ def test_sigterm_inside_a_checkpoint_write_waits_for_the_write(env, tmp_path):
     assert not temporaries(run_dir)
 
 
+@pytest.mark.slow
 def test_a_second_signal_does_not_wait_and_keeps_the_previous_checkpoint(env, tmp_path):
     """A second SIGTERM during a held write stops at once: the write is dropped, the epoch-1 last.pth is intact."""
     out = tmp_path / "out"
@@ -115,6 +117,7 @@ def test_a_second_signal_does_not_wait_and_keeps_the_previous_checkpoint(env, tm
     assert not temporaries(run_dir)  # the half-written temporary was removed
 
 
+@pytest.mark.slow
 def test_run_cli_handles_sigterm_and_restores_the_handlers(capsys):
     def unhandled(signum, frame):  # what the test sees if run_cli leaves SIGTERM alone (instead of dying)
         raise AssertionError("run_cli did not handle SIGTERM")
@@ -136,6 +139,7 @@ def test_run_cli_handles_sigterm_and_restores_the_handlers(capsys):
         signal.signal(signal.SIGTERM, previous)
 
 
+@pytest.mark.slow
 def test_evaluation_says_what_it_keeps_when_stopped(capsys):
     """ensemble_freetickets.py has no --resume to continue with: its stop line points at the logit cache."""
     import runpy

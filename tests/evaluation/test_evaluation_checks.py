@@ -57,7 +57,7 @@ def _nan_weight(t: dict) -> dict:
     return {**t, "dense_state": {**t["dense_state"], name: bad}}
 
 
-# Damaged tickets in a folder given to --resume: tests/test_bad_inputs.py (the table).
+# Damaged tickets in a folder given to --resume: tests/e2e/test_bad_inputs.py (the table).
 
 
 def test_damaged_snapshot_is_refused_before_any_output(box, tmp_path, capsys):

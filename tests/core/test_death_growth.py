@@ -124,6 +124,14 @@ def test_split_budget_proportional():
     assert alloc == {"a": 75, "b": 25}
 
 
+def test_split_budget_leftover_goes_to_the_largest_remainder():
+    # shares 10 x (1, 1, 1.1) / 3.1 = 3.226, 3.226, 3.548: floors 3, 3, 3; the one left goes to c (remainder .548)
+    room = {"a": 100, "b": 100, "c": 100}
+    assert split_budget({"a": 1.0, "b": 1.0, "c": 1.1}, 10, room) == {"a": 3, "b": 3, "c": 4}
+    # shares 3.75, 1.25, 5.0 ... of 10 by (3, 1, 4): floors 3, 1, 5; one left: a (.75) before b (.25)
+    assert split_budget({"a": 3.0, "b": 1.0, "c": 4.0}, 10, room) == {"a": 4, "b": 1, "c": 5}
+
+
 def test_layer_scores_magnitude():
     w = {"a": torch.tensor([1.0, -3.0, 0.0]), "b": torch.tensor([2.0, 2.0])}
     m = {"a": torch.tensor([True, True, False]), "b": torch.tensor([True, False])}

@@ -76,7 +76,7 @@ def test_a_shortened_imagenet_run_says_which_reexplorations_are_left_out(capsys)
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("imagenet_main", Path(__file__).parents[1] / "ImageNet" / "main.py")
+    spec = importlib.util.spec_from_file_location("imagenet_main", Path(__file__).parents[2] / "ImageNet" / "main.py")
     imain = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(imain)
     # 2 epochs: the paper's re-explorations after 100, 170 and 240 of 310 scale to 1, 1 and 2: only one fits
