@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from sparselearning.machine import cpu_name, load_average
+from sparselearning.provenance import cpu_name, load_average
 
 # model -> (classes, channels, image size, images to time)
 SETTINGS = {"cnn-small": (10, 1, 28, 2048), "MLPCIFAR10": (10, 1, 28, 2048), "wrn-28-10": (10, 3, 32, 256),
