@@ -11,6 +11,7 @@ from models import get_model
 from . import checkpoint as ckpt
 from .cli import schedule_for
 from .data import DatasetSpec, make_loaders
+from .data.sources import data_files
 from .errors import UsageError
 from .runfolder import run_folder
 from .loop import compiled_for_training, pick_device, speed_settings, to_channels_last
@@ -45,7 +46,8 @@ def cifar_plan(script: str, args: argparse.Namespace, flag_defaults: dict) -> Ru
         gen = torch.Generator().manual_seed(args.seed)
         train, val, _, spec = make_loaders(args.data, args.data_dir, args.batch_size, args.test_batch_size,
                                            args.valid_split, device, gen)
-        return DataSource(spec, train, val, generator=gen)
+        return DataSource(spec, train, val, generator=gen,
+                          summary={"name": args.data, "files_read": data_files(args.data, args.data_dir)})
 
     def model(spec: DatasetSpec) -> nn.Module:
         net = get_model(args.model, num_classes=spec.num_classes, in_channels=spec.in_channels,

@@ -69,6 +69,14 @@ def refuse_links(folders: Iterable[Path], what: str = "output folder") -> None:
                              f"itself be a link)")
 
 
+def refuse_linked_outputs(out_dir: Path, named: bool) -> None:
+    """An evaluation's folders: its default output folder (eval/, compare/; one named with --output-dir may be a
+    link), and the plots/ and cache/ folders inside it."""
+    cache = out_dir / "cache"
+    inner = [out_dir / "plots", cache, *(sorted(cache.iterdir()) if cache.is_dir() and not cache.is_symlink() else [])]
+    refuse_links([*([] if named else [out_dir]), *inner], "evaluation output folder")
+
+
 def refuse_linked_run_folder(output_dir: str | os.PathLike, run_dir: Path) -> None:
     """The folders from below `output_dir` down to `run_dir` are real folders (or do not exist yet)."""
     root = Path(output_dir)

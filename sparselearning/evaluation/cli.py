@@ -6,6 +6,7 @@ import sys
 from typing import Sequence
 
 from ..errors import OneLineArgumentParser
+from ..runfolder import check_path
 from . import metrics as Mx
 from .config import EvalConfig, parse_modes
 
@@ -141,6 +142,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """Entry point of ``ensemble_freetickets.py`` (wrap with :func:`sparselearning.errors.run_cli`)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    for flag, path in (("--resume", args.resume), ("--output-dir", args.output_dir), ("--data-dir", args.data_dir),
+                       *(("--compare", f) for f in args.compare or ())):
+        check_path(flag, path)
     if args.compare is not None:
         from .compare import compare, compare_config
 

@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 
 from ..errors import UsageError
 from ..provenance import provenance
+from ..runfolder import refuse_linked_outputs, remove_leftovers
 from .config import EvalConfig, validate_config
 from .records import Figure, Table
 from .report import draw, fmt, print_table, reserve_run_id, write_rows
@@ -183,10 +184,12 @@ def compare(cc: CompareConfig, out: Callable[[str], None] = print) -> dict:
     out_dir = Path(cc.output_dir).expanduser() if cc.output_dir else folders[0].resolve().parent / "compare"
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--output-dir {out_dir} is a file; pass a folder")
+    refuse_linked_outputs(out_dir, named=bool(cc.output_dir))
     rows = [comparison_row(f, _results_for(f, cc.template, out)) for f in folders]
     basis = _relative_flops(rows)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(out_dir)
         run_id = reserve_run_id(out_dir, "compare")
     except OSError as err:
         raise UsageError(f"cannot write to the output folder {out_dir} ({err.strerror or err}); pass a writable "
