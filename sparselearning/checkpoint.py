@@ -281,8 +281,15 @@ def ticket_model(ticket: Mapping[str, Any], device: str | torch.device = "cpu") 
     """Build the ticket's model from the registry and load its weights strictly."""
     from models import get_model  # local import: models depends on nothing here
 
-    model = get_model(ticket["model"], num_classes=ticket["num_classes"],
-                      in_channels=ticket["in_channels"], image_size=ticket["image_size"])
+    from .preflight import check_ticket_fits
+
+    def build() -> torch.nn.Module:
+        return get_model(ticket["model"], num_classes=ticket["num_classes"], in_channels=ticket["in_channels"],
+                         image_size=ticket["image_size"])
+
+    shape = (int(ticket["in_channels"]), int(ticket["image_size"]), int(ticket["image_size"]))
+    check_ticket_fits(build, shape, torch.device(device).type, ticket.get("model"))
+    model = build()
     try:
         model.load_state_dict(ticket_state_dict(ticket), strict=True)
     except RuntimeError as err:

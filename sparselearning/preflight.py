@@ -53,9 +53,11 @@ def check_layer_densities(model: nn.Module, density: float, sparse_init: str, er
                          f"weight; raise --density to about {min(needed, 1.0):.2g} or more")
 
 
-def training_bytes(model: nn.Module, input_shape: tuple[int, ...], batch_size: int, act_bytes: int = 4) -> int:
-    """A low estimate of training memory: float32 weights, gradients and momentum, plus every layer's output for
-    the batch (kept for the backward pass; `act_bytes` each, 2 under AMP). In-place layers add nothing."""
+def training_bytes(model: nn.Module, input_shape: tuple[int, ...], batch_size: int, act_bytes: int = 4,
+                   copies: int = 3) -> int:
+    """A low estimate of training memory: float32 weights, gradients and momentum (`copies` of the parameters;
+    1 to evaluate), plus every layer's output for the batch (kept for the backward pass; `act_bytes` each, 2
+    under AMP). In-place layers add nothing."""
     outputs = []
 
     def count(module, args, out):
@@ -72,7 +74,7 @@ def training_bytes(model: nn.Module, input_shape: tuple[int, ...], batch_size: i
         for h in handles:
             h.remove()
     params = sum(p.numel() for p in model.parameters())
-    return 4 * 3 * params + act_bytes * batch_size * sum(outputs)
+    return 4 * copies * params + act_bytes * batch_size * sum(outputs)
 
 
 def machine_memory(device: str) -> tuple[int, str]:
@@ -106,3 +108,14 @@ def check_run_numbers(args, build_model, input_shape: tuple[int, ...], what: str
     if sparse:
         check_layer_densities(model, args.density, args.sparse_init, args.erk_power_scale)
     check_memory(model, input_shape, args.batch_size, run_device(args.device), what, args.amp)
+
+
+def check_ticket_fits(build_model, input_shape: tuple[int, ...], device: str, name: str) -> None:
+    """A ticket's model and one input image fit the machine (its sizes are read from the file, not chosen)."""
+    model = meta_model(build_model)
+    have, where = machine_memory(device)
+    need = training_bytes(model, input_shape, 1, copies=1)
+    if have and need > have:
+        raise UsageError(f"its {name} at image size {input_shape[-1]} needs at least {need / 2 ** 30:.1f} GiB "
+                         f"(estimated), more than {where} ({have / 2 ** 30:.1f} GiB); the ticket's metadata is "
+                         f"damaged - use a ticket written by these scripts")
