@@ -279,7 +279,7 @@ def load_ticket(path: str | os.PathLike) -> dict:
 
 def ticket_model(ticket: Mapping[str, Any], device: str | torch.device = "cpu") -> torch.nn.Module:
     """Build the ticket's model from the registry and load its weights strictly."""
-    from models import get_model  # local import: models depends on nothing here
+    from models import ModelArgumentError, get_model  # local import: only ticket readers need the zoo
 
     from .preflight import check_ticket_fits
 
@@ -287,9 +287,12 @@ def ticket_model(ticket: Mapping[str, Any], device: str | torch.device = "cpu") 
         return get_model(ticket["model"], num_classes=ticket["num_classes"], in_channels=ticket["in_channels"],
                          image_size=ticket["image_size"])
 
-    shape = (int(ticket["in_channels"]), int(ticket["image_size"]), int(ticket["image_size"]))
-    check_ticket_fits(build, shape, torch.device(device).type, ticket.get("model"))
-    model = build()
+    try:
+        shape = (int(ticket["in_channels"]), int(ticket["image_size"]), int(ticket["image_size"]))
+        check_ticket_fits(build, shape, torch.device(device).type, ticket.get("model"))
+        model = build()
+    except ModelArgumentError as err:
+        raise UsageError(str(err)) from None
     try:
         model.load_state_dict(ticket_state_dict(ticket), strict=True)
     except RuntimeError as err:

@@ -37,6 +37,7 @@ import torch
 from helpers import REPO, Proc, assert_one_line_error, assert_same_run, tree_state, write_fashion_mnist
 from models import get_model
 from sparselearning import checkpoint as ckpt
+from sparselearning import recipes as R
 from sparselearning import train as T
 from sparselearning.errors import run_cli
 from sparselearning.evaluation import discover_tickets
@@ -104,7 +105,7 @@ def env(tmp_path_factory):
         """One uninterrupted run per configuration, shared by the tests (in-process: no start-up cost)."""
         if name not in refs:
             out = base / "ref" / name
-            T.main(CONFIGS[name][0].removeprefix("main_").removesuffix(".py"), args_for(name, out))
+            R.main(CONFIGS[name][0].removeprefix("main_").removesuffix(".py"), args_for(name, out))
             refs[name] = run_dir(name, out)
         return refs[name]
 
@@ -185,7 +186,7 @@ def in_process(script: str, argv: list[str], capsys) -> tuple[int, str, str]:
     """Run an entry point in this process through run_cli (exit code, stdout, stderr), as its script would."""
     capsys.readouterr()
     try:
-        run_cli(lambda a: T.main(script, a), argv)
+        run_cli(lambda a: R.main(script, a), argv)
         code = 0
     except SystemExit as exc:
         code = exc.code
