@@ -199,6 +199,15 @@ def _draw_reliability(plt, d: dict):
     return fig
 
 
+def shown_ood_score(score: str, values) -> tuple[np.ndarray, str]:
+    """A score as the histogram shows it: msp as the max-softmax probability itself (the score ranks by its
+    negative, higher = more OoD), every other score as computed; and the axis label that says which way is OoD."""
+    values = np.asarray(values, dtype=float)
+    if score == "msp":
+        return -values, "ensemble max-softmax probability (lower = more OoD)"
+    return values, f"ensemble OoD score ({score}; higher = more OoD)"
+
+
 def _draw_ood(plt, d: dict):
     from sklearn.metrics import roc_curve
 
@@ -208,34 +217,45 @@ def _draw_ood(plt, d: dict):
         yy = np.r_[np.zeros(len(s_in)), np.ones(len(s_out))]
         fpr, tpr, _ = roc_curve(yy, np.r_[s_in, s_out])
         axes[0].plot(fpr, tpr, label=f"{name} (AUROC {auc:.3f})")
-        axes[1].hist(s_out, bins=40, alpha=0.45, density=True, label=f"OoD {name}")
+        axes[1].hist(shown_ood_score(score, s_out)[0], bins=40, alpha=0.45, density=True, label=f"OoD {name}",
+                     gid=f"ood_{name}")
     first = next(iter(d["roc"].values()))
-    axes[1].hist(first[0], bins=40, alpha=0.6, density=True, label=f"ID {d['dataset']}", color="k", histtype="step")
+    shown_in, xlabel = shown_ood_score(score, first[0])
+    axes[1].hist(shown_in, bins=40, alpha=0.6, density=True, label=f"ID {d['dataset']}", color="k", histtype="step",
+                 gid="id")
     axes[0].plot([0, 1], [0, 1], "k:", lw=1)
     axes[0].set_xlabel("false positive rate (ID flagged)")
     axes[0].set_ylabel("true positive rate (OoD detected)")
     axes[0].set_title(f"ensemble ROC, score {score}")
     axes[0].legend(fontsize=8)
-    axes[1].set_xlabel(f"ensemble OoD score ({score}; higher = more OoD)")
+    axes[1].set_xlabel(xlabel)
     axes[1].set_ylabel("probability density (each histogram integrates to 1)")
-    axes[1].set_title(f"ensemble {score} score distributions")
+    axes[1].set_title(f"ensemble {'max-softmax probability' if score == 'msp' else score + ' score'} distributions")
     axes[1].legend(fontsize=8)
     fig.suptitle(d["title"])
     fig.tight_layout()
     return fig
 
 
+# the corruption plot's colours: the box's median must not share the colour of either mean line
+MEDIAN_COLOUR, MEMBERS_MEAN_COLOUR, ENSEMBLE_MEAN_COLOUR = "tab:green", "tab:blue", "tab:red"
+
+
 def _draw_corruption(plt, d: dict):
+    from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
     for ax, metric in zip(axes, d["metrics"]):
         data = d["ensemble"][metric]
-        ax.boxplot(data, positions=range(1, 6), widths=0.5)
-        ax.plot(range(1, 6), d["members_mean"][metric], "o--", label="members (mean over corruptions)")
-        ax.plot(range(1, 6), [np.mean(v) for v in data], "s-", label="ensemble (mean over corruptions)")
+        ax.boxplot(data, positions=range(1, 6), widths=0.5, medianprops={"color": MEDIAN_COLOUR, "lw": 1.5})
+        ax.plot(range(1, 6), d["members_mean"][metric], "o--", color=MEMBERS_MEAN_COLOUR,
+                label="members (mean over corruptions)")
+        ax.plot(range(1, 6), [np.mean(v) for v in data], "s-", color=ENSEMBLE_MEAN_COLOUR,
+                label="ensemble (mean over corruptions)")
         handles, labels = ax.get_legend_handles_labels()
         handles.append(Patch(facecolor="none", edgecolor="k", label="ensemble: spread over corruptions (box)"))
+        handles.append(Line2D([], [], color=MEDIAN_COLOUR, lw=1.5, label="ensemble: median over corruptions"))
         ax.set_xlabel("corruption severity")
         ax.set_ylabel(metric)
         ax.set_title(f"{metric} over {d['kind']} corruptions")
@@ -283,20 +303,68 @@ def _draw_ensemble_size(plt, d: dict):
     return fig
 
 
+def _compare_label(r: dict, rows: Sequence[dict]) -> str:
+    """A row's legend entry: method, M, density and flags (plus its folder when that is still ambiguous)."""
+    density = "?" if r["density"] is None else f"{r['density']:.3g}"
+    label = f"{r['method']} M={r['M']} d={density}" + (f" {r['flags']}" if r["flags"] else "")
+    if r["n"] > 1:
+        label += f" (n={r['n']})"
+    twins = [q for q in rows if q is not r and q["method"] == r["method"] and q["M"] == r["M"]
+             and q["density"] == r["density"] and q["flags"] == r["flags"]]
+    return f"{label} [{r['folder']}]" if twins else label
+
+
+def _reference_line(ax, r: dict, key: str, colour: str, label: str) -> None:
+    v, sd = r.get(key), r.get(f"{key}_std")
+    if v is None:
+        return
+    ax.axhline(v, color=colour, ls="--", lw=1.2, label=label)
+    if sd:
+        ax.axhspan(v - sd, v + sd, color=colour, alpha=0.12, lw=0)
+
+
 def _draw_compare(plt, d: dict):
+    """Accuracy, NLL and ECE against training FLOPs (top) and test-time parameters (bottom).
+
+    One marker per compared ensemble with error bars over its replicates; the dense model and the
+    dense deep ensemble are horizontal reference lines (with their std as a band); the legend names
+    each marker, so no label sits on the data.
+    """
     rows = d["rows"]
-    labels = [f"{r['method']}\nM={r['M']}, d={fmt(r['density'])}" for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(4.2 * 3, 4.2))
-    for ax, (key, label) in zip(axes, (("acc", "ensemble accuracy"), ("nll", "ensemble NLL (nats)"),
-                                       ("ece", "ensemble ECE"))):
-        values = [np.nan if r[key] is None else r[key] for r in rows]
-        bars = ax.bar(range(len(rows)), values, color="tab:blue")
-        ax.bar_label(bars, fmt="%.4f", fontsize=7)
-        ax.set_xticks(range(len(rows)), labels, fontsize=7)
-        ax.set_xlabel("method (ensemble size M, density d)")
-        ax.set_ylabel(label)
-    fig.suptitle(d["title"])
-    fig.tight_layout()
+    refs = {("dense", "single"): ("k", "dense model (mean ± std of its runs)"),
+            ("dense", "ensemble"): ("tab:grey", "dense deep ensemble")}
+    points = [r for r in rows if (r["method"], r["role"]) not in refs]
+    markers = "osD^vP*Xh<>p"
+    colours = plt.get_cmap("tab10")
+    metrics = (("acc", "ensemble accuracy"), ("nll", "ensemble NLL (nats)"), ("ece", "ensemble ECE"))
+    xs = (("training_flops_relative", "training FLOPs (x one dense model, see the table's basis)", 1.0),
+          ("parameters", "test-time parameters (millions, all members)", 1e6))
+    fig, axes = plt.subplots(2, 3, figsize=(14, 8.2))
+    for i, (xkey, xlabel, xscale) in enumerate(xs):
+        for j, (key, ylabel) in enumerate(metrics):
+            ax = axes[i, j]
+            for k, r in enumerate(points):
+                x, y = r.get(xkey), r.get(key)
+                if x is None or y is None:
+                    continue
+                xerr = (r.get(f"{xkey}_std") or 0) / xscale
+                ax.errorbar(x / xscale, y, xerr=xerr or None, yerr=r.get(f"{key}_std") or None,
+                            marker=markers[k % len(markers)], color=colours(k % 10), ms=8, capsize=3, ls="none",
+                            label=_compare_label(r, rows))
+            for r in rows:
+                if (r["method"], r["role"]) in refs:
+                    colour, label = refs[(r["method"], r["role"])]
+                    cost = [f"{r['training_flops_relative']:.2f}x FLOPs"] if r.get("training_flops_relative") else []
+                    cost += [f"{r['parameters'] / 1e6:.3g}M params"] if r.get("parameters") else []
+                    _reference_line(ax, r, key, colour, f"{label}: {', '.join(cost)} [{r['folder']}]")
+            ax.margins(x=0.15, y=0.12)
+            ax.set_xlabel(xlabel, fontsize=8)
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.suptitle(f"{d['title']}\ntraining FLOPs relative to {d.get('basis', 'one dense model')}", fontsize=10)
+    fig.tight_layout(rect=(0, 0.04 + 0.025 * math.ceil(len(labels) / 2), 1, 1))
     return fig
 
 
