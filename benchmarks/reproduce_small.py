@@ -90,6 +90,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from sparselearning.csv_cells import csv_cell
 from sparselearning.costs import ensemble_training_flops, run_cost
 from sparselearning.errors import UsageError
 from sparselearning.jobs import Job
@@ -560,7 +561,7 @@ def main(argv: list[str] | None = None) -> None:
     cols = ["method", "label", "M", "n"] + [x for c in COLUMNS for x in (c, c + "_std")]
     w.writerow(cols)
     for row in result["table"]:
-        w.writerow(["" if row[c] is None else row[c] for c in cols])
+        w.writerow(["" if row[c] is None else csv_cell(row[c]) for c in cols])
     (out / "table.csv").write_text(buf.getvalue())
     (out / "table.md").write_text(f"# reproduce_small ({args.regime}, {'quick' if args.quick else 'full'})\n\n`python "
                                   f"benchmarks/{result['command']}`\n\n{md}\n\n## The paper's claims at this scale\n\n"

@@ -14,14 +14,16 @@ import argparse
 import math
 from pathlib import Path
 
-from models import MODEL_NAMES
+from models import MODEL_NAMES, get_model
 
 from .core import death, growth, redistribution, schedules
 from .core.schedules import DEATH_SCHEDULES, Schedule
 from .errors import OneLineArgumentParser, UsageError
 from .launch_flags import add_launcher_args, drop_launcher_flags
 from .paper_flags import NO_OP_SWITCHES, NO_OP_VALUE_FLAGS, add_ignored_flags
+from .preflight import check_lr, check_run_numbers, run_device
 from .run_outputs import check_tensorboard
+from .runfolder import check_path
 
 SCRIPTS = ("individual", "DST", "EDST", "PF")
 DEFAULT_EPOCHS = {"individual": 250, "DST": 250, "EDST": 450, "PF": 250}
@@ -204,6 +206,9 @@ def validate_common(args: argparse.Namespace) -> None:
         if isinstance(value, float) and not math.isfinite(value):
             flag = name if name == "valid_split" else name.replace("_", "-")
             raise UsageError(f"--{flag} must be a finite number, got {value}")
+    check_path("--output-dir", args.output_dir)
+    if isinstance(args.resume, str):
+        check_path("--resume", args.resume)
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite contradict each other: --resume continues the run in the folder, "
                          "--overwrite replaces it; pass one of them")
@@ -229,6 +234,7 @@ def validate_common(args: argparse.Namespace) -> None:
         _unit(flag, getattr(args, dest))
     if not args.lr > 0:
         raise UsageError(f"--lr must be positive, got {args.lr}")
+    check_lr(args.lr)
     if args.momentum < 0:
         raise UsageError(f"--momentum must be non-negative, got {args.momentum}")
     if args.no_cuda:
@@ -279,6 +285,18 @@ def validate(script: str, args: argparse.Namespace) -> None:
             raise UsageError("main_PF.py needs a dense checkpoint: pass --pretrained FILE (from main_individual.py)")
         if "PF_rate" not in given and "density" in given:
             args.PF_rate = 1.0 - args.density
+    if script == "individual" and "density" in given and not args.sparse:
+        # the paper's dense (PF pre-training) command passes --density: a note, not a refusal
+        print(f"note: --density {args.density:g} applies to sparse runs and this run is dense: it trains a dense "
+              f"model (add --sparse for a sparse one)")
+    check_path("--data-dir", args.data_dir)
+    check_path("--pretrained", getattr(args, "pretrained", None))
+    spec = SPECS[args.data]
+    check_run_numbers(args, lambda: get_model(args.model, num_classes=spec.num_classes, in_channels=spec.in_channels,
+                                              image_size=spec.image_size),
+                      (spec.in_channels, spec.image_size, spec.image_size),
+                      f"{args.model} on {args.data} with --batch-size {args.batch_size}",
+                      sparse=args.sparse and script != "PF")
 
 
 def at_least(low: int):
@@ -364,18 +382,26 @@ def validate_imagenet(args: argparse.Namespace) -> str | None:
         raise UsageError(f"--lr-steps {args.lr_steps}: epochs must increase from 0 and factors be positive")
     if args.warmup >= args.epochs:
         raise UsageError(f"--warmup {args.warmup} must be shorter than --epochs {args.epochs}; lower --warmup")
+    check_run_numbers(args, lambda: get_model(f"imagenet-{args.arch}", num_classes=1000, in_channels=3,
+                                              image_size=args.image_size), (3, args.image_size, args.image_size),
+                      f"{args.arch} at --image-size {args.image_size} with --batch-size {args.batch_size}",
+                      sparse=args.sparse)
+    decode = None
+    if args.decode == "gpu" and run_device(args.device) != "cuda":
+        decode = "note: --decode gpu has no GPU here: the JPEGs are decoded on the CPU (the same images, no speed-up)"
     fixed = args.fix and not reexplore_given
     if not derived or (args.epochs == schedules.PAPER_IMAGENET_EPOCHS and not fixed):
-        return None
+        return decode
     scaled = f" scaled to --epochs {args.epochs}" if args.epochs != schedules.PAPER_IMAGENET_EPOCHS else ""
     paper = len(schedules.PAPER_IMAGENET_REEXPLORE)
     lost = "" if fixed or reexplore_given or len(reexplore) == paper else (
         f"\nwarning: only {len(reexplore)} of the paper's {paper} re-explorations fit in --epochs {args.epochs} (the "
         f"others fall on the same epoch, at 0 or at the end), so this run has {len(reexplore) + 1} tickets, not "
         f"{paper + 1}; pass more --epochs or your own --reexplore-epochs")
-    return (f"note: the paper's {schedules.PAPER_IMAGENET_EPOCHS}-epoch schedule{scaled}"
+    plan = (f"note: the paper's {schedules.PAPER_IMAGENET_EPOCHS}-epoch schedule{scaled}"
             f"{', with --fix: one static ticket, no re-exploration' if fixed else ''}: "
             f"{'; '.join(derived)} (give these flags to choose another){lost}")
+    return "\n".join(n for n in (decode, plan) if n)
 
 
 def schedule_for(script: str, args: argparse.Namespace) -> Schedule:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import signal
 import sys
@@ -97,6 +98,7 @@ def _stop_signals_interrupt() -> Iterator[None]:
         _deferral.update(depth=0, pending=None)
 
 
+USER_FIXABLE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG, errno.EROFS, errno.EACCES)
 TRAINING_STOPPED = "the last complete checkpoint is intact - resume with the same command plus --resume"
 
 
@@ -121,3 +123,12 @@ def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None =
     except MaskDesyncError as err:
         print(f"{prog}: error: {err}; stopped (rank {os.environ.get('RANK', '0')})", file=sys.stderr, flush=True)
         sys.exit(1)
+    except OSError as err:  # a full disk or a path the filesystem refuses, met where no check named it
+        if err.errno not in USER_FIXABLE_ERRNOS:
+            raise
+        if _reports_errors():
+            where = f" {err.filename}" if err.filename else ""
+            print(f"{prog}: error: could not use{where} ({err.strerror or err}); free disk space or choose another "
+                  f"folder or a shorter path, then run the command again (training: add --resume)", file=sys.stderr,
+                  flush=True)
+        sys.exit(2)

@@ -18,6 +18,7 @@ from . import checkpoint as ckpt
 from .cli import build_parser, parser_defaults, schedule_for, validate
 from .core.masking import MaskingConfig
 from .data import DatasetSpec, make_loaders
+from .data.sources import data_files
 from .errors import UsageError
 from .runfolder import run_folder
 from .loop import compiled_for_training, pick_device, speed_settings, to_channels_last
@@ -86,7 +87,8 @@ def cifar_plan(script: str, args: argparse.Namespace, flag_defaults: dict) -> Ru
         gen = torch.Generator().manual_seed(args.seed)
         train, val, _, spec = make_loaders(args.data, args.data_dir, args.batch_size, args.test_batch_size,
                                            args.valid_split, device, gen)
-        return DataSource(spec, train, val, generator=gen)
+        return DataSource(spec, train, val, generator=gen,
+                          summary={"name": args.data, "files_read": data_files(args.data, args.data_dir)})
 
     def model(spec: DatasetSpec) -> nn.Module:
         try:

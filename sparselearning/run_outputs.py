@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from . import checkpoint as ckpt
+from .csv_cells import csv_cell
 from .core.schedules import Schedule, too_few_updates, updates_per_phase
 from .errors import UsageError
 
@@ -70,7 +71,7 @@ def metrics_csv_text(history: Sequence[Mapping]) -> str:
     writer = csv.DictWriter(buf, fieldnames=metric_columns(history), restval="", lineterminator="\n")
     writer.writeheader()
     for row in history:
-        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+        writer.writerow({k: ("" if v is None else csv_cell(v)) for k, v in row.items()})
     return buf.getvalue()
 
 

@@ -35,7 +35,7 @@ from .loop import NonFiniteLossError, autocast_context, dense_gradients, evaluat
 from .provenance import provenance
 from .run_outputs import (CURVES_PNG, METRICS_CSV, TENSORBOARD_DIR, LogLines, TensorBoardLog, curves_title,
                           density_label, plot_curves, topology_update_plan, write_metrics_csv)
-from .runfolder import RunLock, file_id
+from .runfolder import RunLock, check_resume_source, file_id, holds_a_run, missing_listed_files
 
 # flags that may differ between an interrupted run and its --resume
 RESUME_FREE_FLAGS = frozenset({"resume", "overwrite", "device", "no_cuda", "workers", "log_interval", "data_dir",
@@ -184,12 +184,14 @@ class Run:
                 return None
             path = last
         else:
-            existing = [p.name for p in (last, self.run_dir / "summary.json") if p.exists()]
+            existing = holds_a_run(self.run_dir)
             if existing and not self.plan.overwrite:
                 raise UsageError(f"{self.run_dir} already holds a run ({', '.join(existing)}); continue it with "
                                  f"--resume, replace it with --overwrite, or choose another --output-dir/--seed")
             return None
         self._resume_cache = (path, file_id(path), self.load_resume(path))
+        if isinstance(resume, str):
+            check_resume_source(path, self.run_dir)
         return path
 
     def build(self) -> Built:
@@ -277,6 +279,7 @@ class Run:
         state = ckpt.safe_load(path, map_location="cpu")
         if not isinstance(state, dict) or state.get("format") != ckpt.RESUME_FORMAT:
             raise UsageError(f"{path} is not a resume checkpoint of these scripts; pass the run's last.pth")
+        ckpt.check_resume_state(state, path)
         flags = state.get("flags") if isinstance(state.get("flags"), dict) else {}
         diff = self.fingerprint_differences(flags)
         if state.get("script") != self.plan.script or diff:
@@ -297,8 +300,7 @@ class Run:
             if self.parts.masking:
                 self.parts.masking.load_state_dict(state["masking"])
         except (RuntimeError, ValueError, KeyError) as err:
-            raise UsageError(f"{path} does not match this model ({str(err).splitlines()[0][:100]}); "
-                             f"use --overwrite to start over") from None
+            raise UsageError(f"{path} was {ckpt.DAMAGED_RESUME} ({str(err).splitlines()[0][:100]})") from None
         if self.parts.scaler and state["scaler"]:
             self.parts.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"]["torch"])
@@ -514,6 +516,11 @@ class Run:
                  f"acc {train_acc:.4f} | {val_txt} |{extra} {event}".rstrip())
 
     def finish(self) -> dict:
+        missing = missing_listed_files(self.run_dir, self.tickets.values()) if self.writing else []
+        if missing:  # e.g. deleted while the run ran: a run without its tickets is not finished
+            self.write_summary(f"failed: {', '.join(missing)} missing")
+            raise UsageError(f"{self.run_dir} lacks {', '.join(missing)}, which the run wrote; it is not finished - "
+                             f"start it again with --overwrite")
         self.write_summary("finished")
         self.write_curves()
         s = self.summary("finished")
@@ -529,7 +536,8 @@ def start_run(run: Run) -> dict:
     The lock comes first, so that two runs started together into one folder cannot both find it
     free; bad input found before training leaves nothing behind (see RunLock).
     """
-    with RunLock(run.run_dir, enabled=run.world.is_main) as lock, LogLines() as lines:
+    with RunLock(run.run_dir, enabled=run.world.is_main, root=run.plan.flags.get("output_dir")) as lock, \
+            LogLines() as lines:
         resume_from = run.check_output_folder()
         run.build()  # loads data and the pretrained model: bad input fails here
         if resume_from is not None:
@@ -567,9 +575,22 @@ def train_reporting_errors(run: Run, lines: LogLines | None = None) -> dict:
         run.log(f"error: {err}")
         run.write_summary("failed: masks differ between ranks")
         raise
+    except ckpt.WriteError as err:
+        write_failure(run, err)
+        raise
     except OSError as err:  # e.g. train.log on a full disk (checkpoints raise ckpt.WriteError themselves)
+        write_failure(run, err)
         raise UsageError(f"could not write {err.filename or run.run_dir} ({err.strerror or err}); the last "
                          f"complete checkpoint is intact - free disk space, then add --resume") from None
     finally:
         if run.tensorboard is not None:
             run.tensorboard.close()
+
+
+def write_failure(run: Run, err: OSError | ckpt.WriteError) -> None:
+    """summary.json says why the run stopped, if there is room for it (the file it could not write is gone)."""
+    try:
+        run.write_summary(f"failed: could not write {getattr(err, 'path', None) or err.filename or run.run_dir} "
+                          f"({getattr(err, 'reason', None) or err.strerror}): free disk space, then --resume")
+    except ckpt.WriteError:
+        pass

@@ -59,3 +59,11 @@ def test_dense_run_has_no_sparse_plan():
     plan = plan_of("individual")
     assert plan.kind == "dense" and plan.sparse is None
     assert plan.resume is None and not plan.overwrite and plan.save_every == 0 and plan.log_every == 100
+
+
+def test_density_on_a_dense_run_is_noted_not_refused(capsys):
+    """The paper's dense pre-training command passes --density to main_individual.py: it runs dense and says so."""
+    plan = plan_of("individual", "--density", "0.3")
+    out = capsys.readouterr().out
+    assert "--density 0.3 applies to sparse runs" in out and "add --sparse" in out
+    assert plan.sparse is None and plan.run_dir.parts[-3:-1] == ("individual", "dense")

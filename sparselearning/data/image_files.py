@@ -16,6 +16,7 @@ of workers or on whether they persist across epochs, and a resumed run repeats t
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -144,9 +145,43 @@ class ImageFolderSet(ImageFolder):
 
     def __init__(self, root: str, transform, *, image_size: int, train: bool, resize: int,
                  decode: str = "pil", skip_unreadable: bool = False):
+        self.links_skipped: list[str] = []  # linked folders not entered (scanned already: a loop)
         super().__init__(root, transform=transform)
         self.image_size, self.train, self.resize = int(image_size), bool(train), int(resize)
         self.decode, self.skip_unreadable = decode, bool(skip_unreadable)
+
+    def make_dataset(self, directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+        """torchvision's scan (same files, same order), entering every real folder once: a symbolic link to a
+        folder already scanned (``train/n01/loop -> train``) is skipped and recorded in ``links_skipped``."""
+        if is_valid_file is None:
+            def is_valid_file(path: str) -> bool:
+                return path.lower().endswith(extensions if isinstance(extensions, str) else tuple(extensions))
+        visited = {os.path.realpath(directory)}
+        visited |= {os.path.realpath(os.path.join(directory, c)) for c in class_to_idx}
+        instances, found = [], set()
+        for target_class in sorted(class_to_idx):
+            target_dir = os.path.join(directory, target_class)
+            if not os.path.isdir(target_dir):
+                continue
+            walk = []
+            for root, dirs, files in os.walk(target_dir, followlinks=True):
+                for d in list(dirs):
+                    real = os.path.realpath(os.path.join(root, d))
+                    if real in visited:
+                        dirs.remove(d)
+                        self.links_skipped.append(os.path.join(root, d))
+                    visited.add(real)
+                walk.append((root, files))
+            for root, files in sorted(walk):
+                for name in sorted(files):
+                    path = os.path.join(root, name)
+                    if is_valid_file(path):
+                        instances.append((path, class_to_idx[target_class]))
+                        found.add(target_class)
+        empty = sorted(set(class_to_idx) - found)
+        if empty and not allow_empty:
+            raise FileNotFoundError(f"Found no valid file for the classes {', '.join(empty)}")
+        return instances
 
     @property
     def draws_random(self) -> bool:

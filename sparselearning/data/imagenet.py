@@ -101,6 +101,10 @@ def image_folder(root: str | Path, split: str, image_size: int, classes: Sequenc
     except (FileNotFoundError, RuntimeError) as err:
         raise UsageError(f"{folder} is not a usable ImageFolder ({str(err).splitlines()[0][:160]}); it must hold "
                          f"one sub-folder of images per class") from None
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        loops = (f"; {len(ds.links_skipped)} linked folder(s) left out, scanned already (a link loop): "
+                 f"{ds.links_skipped[0]}{' ...' if len(ds.links_skipped) > 1 else ''}") if ds.links_skipped else ""
+        print(f"{folder}: {len(ds)} images in {len(ds.classes)} classes{loops}", flush=True)
     if classes is not None and list(ds.classes) != list(classes):
         extra = sorted(set(ds.classes) - set(classes))[:3]
         lack = sorted(set(classes) - set(ds.classes))[:3]

@@ -2,7 +2,10 @@
 
 :func:`load_split` looks in ``data_dir`` (default ``./data``) in torchvision's layouts (and, for
 Fashion-MNIST, also in Debian's /usr/share/datasets/fashion-mnist), downloads with torchvision
-when missing, reads with :mod:`.formats` and keeps the result in memory.
+when missing, reads with :mod:`.formats` and keeps the result in memory. Data is never taken
+from elsewhere silently: when Debian's copy stands in for a ``data_dir`` without Fashion-MNIST,
+one note line names the files read, and :func:`data_files` gives the files a run read (its
+summary.json records them).
 """
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ from ..errors import UsageError
 from .formats import one_line, read_dataset
 from .specs import LOADABLE, PRETTY_NAMES
 
-__all__ = ["DEFAULT_DATA_DIR", "DEBIAN_FASHION_MNIST_DIR", "DOWNLOAD_SOCKET_TIMEOUT", "load_split", "clear_cache"]
+__all__ = ["DEFAULT_DATA_DIR", "DEBIAN_FASHION_MNIST_DIR", "DOWNLOAD_SOCKET_TIMEOUT", "load_split", "clear_cache",
+           "data_files"]
 
 DEFAULT_DATA_DIR = "./data"
 #: Debian's ``dataset-fashion-mnist`` package installs the four idx .gz files here.
@@ -71,6 +75,26 @@ def _locate(name: str, split: str, root: Path) -> tuple[list[Path] | None, list[
                 return [c], [str(root)]
         return None, [str(c.parent) for c in cands]
     raise AssertionError(name)
+
+
+_NOTED: set[str] = set()  # data folders whose stand-in was already named in this process
+
+
+def _note_stand_in(name: str, root: Path, files: list[Path]) -> None:
+    """One line, once per folder, when the files come from outside `root` (Debian's Fashion-MNIST)."""
+    if all(root in f.parents for f in files) or str(root) in _NOTED:
+        return
+    _NOTED.add(str(root))
+    found = [f for split in ("train", "test") for f in (_locate(name, split, root)[0] or [])]
+    missing = "does not exist" if not root.exists() else f"holds no {PRETTY_NAMES[name]}"
+    print(f"note: the data folder {root} {missing}; reading {PRETTY_NAMES[name]} from "
+          f"{files[0].parent}/{{{','.join(f.name for f in found)}}} instead", flush=True)
+
+
+def data_files(name: str, data_dir: str | None = None) -> list[str]:
+    """The files a run on `name` reads (train and test splits) from `data_dir`, as found now."""
+    root = Path(data_dir if data_dir is not None else DEFAULT_DATA_DIR).expanduser()
+    return [str(f.resolve()) for split in ("train", "test") for f in (_locate(str(name).lower(), split, root)[0] or [])]
 
 
 def _download(name: str, split: str, root: Path) -> None:
@@ -142,6 +166,7 @@ def load_split(name: str, split: str, data_dir: str | None = None,
         raise UsageError(f"the data folder {root} is a file, not a folder; point --data-dir at the folder "
                          f"that holds the datasets")
     files = _find_or_download(key_name, split, root, download)
+    _note_stand_in(key_name, root, files)
     sig = tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
     key = (key_name, split, sig)
     hit = _CACHE.get(key)

@@ -8,6 +8,7 @@ from typing import Sequence
 
 from ..errors import OneLineArgumentParser
 from ..paper_flags import NO_OP_SWITCHES, NO_OP_VALUE_FLAGS, add_ignored_flags
+from ..runfolder import check_path
 from . import metrics as Mx
 from .compare import CompareConfig, compare
 from .config import EvalConfig, parse_modes
@@ -159,6 +160,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """Entry point of ``ensemble_freetickets.py`` (wrap with :func:`sparselearning.errors.run_cli`)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    for flag, path in (("--resume", args.resume), ("--output-dir", args.output_dir), ("--data-dir", args.data_dir),
+                       *(("--compare", f) for f in args.compare or ())):
+        check_path(flag, path)
     if args.compare is not None:
         return compare(compare_config(args, argv))
     missing = [f for f, v in (("--mode", args.mode), ("--resume", args.resume)) if v is None]

@@ -33,6 +33,7 @@ from ..costs import read_summary
 from ..core.flops import DENSE_REFERENCE_EPOCHS
 from ..errors import UsageError
 from ..provenance import provenance
+from ..runfolder import refuse_linked_outputs, remove_leftovers
 from . import compare_rows as CR
 from .config import EvalConfig, validate_config
 from .records import Figure, Table
@@ -291,6 +292,7 @@ def compare(cc: CompareConfig, out: Callable[[str], None] = print) -> dict:
     out_dir = Path(cc.output_dir).expanduser() if cc.output_dir else paths[0].resolve().parent / "compare"
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--output-dir {out_dir} is a file; pass a folder")
+    refuse_linked_outputs(out_dir, named=bool(cc.output_dir))
     folders = [_load_folder(p, label, cc.template, out) for p, label in zip(paths, labels)]
     rows, flags = [], []
     for f in folders:
@@ -301,6 +303,7 @@ def compare(cc: CompareConfig, out: Callable[[str], None] = print) -> dict:
     basis = _apply_basis(rows)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(out_dir)
         run_id = reserve_run_id(out_dir, "compare")
     except OSError as err:
         raise UsageError(f"cannot write to the output folder {out_dir} ({err.strerror or err}); pass a writable "

@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..checkpoint import _atomic_write, atomic_write_text
+from ..csv_cells import csv_cell
 from ..errors import UsageError
 from .records import Figure, ModeResult, Table, json_safe
 
@@ -71,7 +72,8 @@ def csv_text(columns: Sequence[str], rows: Sequence[dict]) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(columns)
     for r in rows:
-        w.writerow(["" if r.get(k) is None else (repr(r[k]) if isinstance(r[k], float) else r[k]) for k in columns])
+        w.writerow(["" if r.get(k) is None else (repr(r[k]) if isinstance(r[k], float) else csv_cell(r[k]))
+                    for k in columns])
     return buf.getvalue()
 
 

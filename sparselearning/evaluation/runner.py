@@ -17,6 +17,7 @@ import torch
 from ..checkpoint import ticket_masks
 from ..errors import UsageError
 from ..provenance import provenance
+from ..runfolder import refuse_linked_outputs, remove_leftovers
 from . import metrics as Mx
 from .config import RESULT_COLUMNS, EvalConfig, validate_config
 from .corruption import corruption
@@ -138,6 +139,7 @@ class Evaluation:
         self.out_dir = Path(c.output_dir).expanduser() if c.output_dir else self.root / "eval"
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise UsageError(f"--output-dir {self.out_dir} is a file; pass a folder")
+        refuse_linked_outputs(self.out_dir, named=bool(c.output_dir))
         self._load_members(root)
         self.M = len(self.members)
         self.modes = list(c.modes)
@@ -246,6 +248,7 @@ class Evaluation:
         created = not self.out_dir.exists()
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            remove_leftovers(self.out_dir)
             self.run_id = reserve_run_id(self.out_dir)
         except OSError as err:
             if created:

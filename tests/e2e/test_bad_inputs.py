@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -38,7 +39,7 @@ IMNET = ["-a", "resnet18", "--image-size", "32", "-b", "2", "-j", "0", "--epochs
 # words of a message that tells the user what to do
 FIX_WORDS = ("use ", "pass ", "choose", "point ", "give ", "add ", "lower ", "raise ", "re-download", "put ",
              "check ", "drop ", "delete", "see --help", "must be", "must hold", "resume with", "start over",
-             "evaluate tickets", "retrain", "wait", "pick ")
+             "evaluate tickets", "retrain", "wait", "pick ", "start again")
 
 
 @dataclass
@@ -146,7 +147,48 @@ def _cifar_label_minus_1(box: Path, w: dict) -> None:
     (folder / "test_batch").write_bytes(pickle.dumps(batch))
 
 
+def _symlink(rel: str, target_rel: str) -> Callable[[Path, dict], None]:
+    """box/rel is a symbolic link to the (new, empty) folder box/target_rel."""
+    def setup(box: Path, w: dict) -> None:
+        (box / target_rel).mkdir(parents=True, exist_ok=True)
+        (box / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(box / target_rel, box / rel)
+    return setup
+
+
+def _damaged_last(damage: Callable[[dict], None]) -> Callable[[Path, dict], None]:
+    """The run folder's last.pth: the real one of a DST run, damaged in place by `damage`."""
+    def setup(box: Path, w: dict) -> None:
+        state = ckpt.safe_load(w["dst_last"])
+        damage(state)
+        ckpt.atomic_save(state, box / RUN_DST / "last.pth")
+    return setup
+
+
+def _first_mask_reshaped(state: dict) -> None:
+    masks, explored = state["masking"]["masks"], state["masking"]["explored"]
+    name = next(iter(masks))
+    masks[name] = masks[name].flatten()[:-1].clone()
+    explored[name] = explored[name].flatten()[:-1].clone()
+
+
+def _port_taken(port: int) -> Callable[[Path, dict], None]:
+    """Something listens on `port` while the case runs (kept open in the shared dict)."""
+    def setup(box: Path, w: dict) -> None:
+        import socket
+
+        sock = socket.socket()
+        try:
+            sock.bind(("", port))
+            sock.listen()
+            w.setdefault("sockets", []).append(sock)
+        except OSError:  # taken already: the case expects just that
+            sock.close()
+    return setup
+
+
 RUN_DST = "out/cnn-small/fashionmnist/density_0.05/DST/seed=5"  # where TRAIN + --sparse writes
+DAMAGED = "written by an older or damaged run: start again without --resume"
 HUGE_SEED = "99999999999999999999999"  # beyond 64 bits: torch.manual_seed overflows
 EDST = ["--sparse", "--epochs", "3", "--epochs-explo", "1", "--model-num", "2"]
 
@@ -302,9 +344,48 @@ CASES = [
     Case("eval-ticket-std-zero", "ensemble_freetickets.py", ["--resume", "{box}/runs"],
          ("seed=2/model.pth", "normalisation std"),
          _damaged_ticket(lambda t: {**t, "normalization": {"mean": [0.286], "std": [0.0]}})),
+    Case("eval-ticket-image-size-beyond-memory", "ensemble_freetickets.py", ["--resume", "{box}/runs/seed=2"],
+         ("seed=2/model.pth", "at image size 1000000 needs at least", "GiB", "use a ticket written by these scripts"),
+         _damaged_ticket(lambda t: {**t, "image_size": 1000000})),
     Case("eval-ticket-std-negative", "ensemble_freetickets.py", ["--resume", "{box}/runs"],
          ("seed=2/model.pth", "normalisation std"),
          _damaged_ticket(lambda t: {**t, "normalization": {"mean": [0.286], "std": [-1.0]}})),
+    # ---------------------------------------------------------------- reliability round 3
+    # resume is about one run folder: another folder's last.pth into this --output-dir is refused, not half-copied
+    Case("dst-resume-into-another-output-dir", "main_DST.py", ["--sparse", "--resume", f"{{box}}/other/{RUN_DST}/"
+                                                               "last.pth"],
+         ("belongs to another run folder", "plain --resume"), _copy("dst_last", f"other/{RUN_DST}/last.pth")),
+    # paths: empty, blank, too long, folders below --output-dir that are links
+    Case("dst-output-dir-empty", "main_DST.py", ["--sparse", "--output-dir", ""], ("--output-dir is empty",)),
+    Case("dst-output-dir-blank", "main_DST.py", ["--sparse", "--output-dir", "  "], ("--output-dir is empty",)),
+    Case("dst-output-dir-name-too-long", "main_DST.py", ["--sparse", "--output-dir", "{box}/" + "x" * 300],
+         ("--output-dir is too long", "300 bytes", "pass a shorter path")),
+    Case("ind-data-dir-name-too-long", "main_individual.py", ["--data-dir", "{box}/" + "d" * 300],
+         ("--data-dir is too long",)),
+    Case("dst-run-folder-through-a-link", "main_DST.py", ["--sparse"], ("is a symbolic link", "use a real folder"),
+         _symlink("out/cnn-small", "elsewhere")),
+    Case("eval-plots-folder-a-link", "ensemble_freetickets.py", ["--resume", "{w}/dst_ticket.pth"],
+         ("plots is a symbolic link",), _symlink("out/plots", "elsewhere")),
+    Case("eval-output-dir-empty", "ensemble_freetickets.py", ["--resume", "{w}/dst_ticket.pth", "--output-dir", ""],
+         ("--output-dir is empty",)),
+    Case("eval-resume-blank", "ensemble_freetickets.py", ["--resume", " "], ("--resume is empty",)),
+    # last.pth of an older or damaged run: keys, types, ranges, sizes, shapes
+    Case("dst-resume-negative-epoch", "main_DST.py", ["--sparse", "--resume"], (DAMAGED, "epoch -1"),
+         _damaged_last(lambda s: s.update(epoch=-1))),
+    Case("dst-resume-fractional-epoch", "main_DST.py", ["--sparse", "--resume"], (DAMAGED, "epoch 0.5"),
+         _damaged_last(lambda s: s.update(epoch=0.5))),
+    Case("dst-resume-missing-keys", "main_DST.py", ["--sparse", "--resume"], (DAMAGED, "missing rng, history"),
+         _damaged_last(lambda s: [s.pop("rng"), s.pop("history")])),
+    Case("dst-resume-rng-wrong-size", "main_DST.py", ["--sparse", "--resume"], (DAMAGED, "random-number states"),
+         _damaged_last(lambda s: s["rng"].update(torch=s["rng"]["torch"][:100].clone()))),
+    Case("dst-resume-mask-wrong-shape", "main_DST.py", ["--sparse", "--resume"], (DAMAGED, "mask for"),
+         _damaged_last(_first_mask_reshaped)),
+    # numbers that cannot work, refused up front
+    Case("dst-lr-overflows-float32", "main_DST.py", ["--sparse", "--lr", "1e308"], ("--lr 1e+308 overflows",)),
+    Case("dst-density-leaves-a-layer-empty", "main_DST.py", ["--sparse", "--density", "1e-308"],
+         ("leaves layer features.0.weight", "no active weight", "raise --density")),
+    Case("ind-batch-beyond-memory", "main_individual.py", ["--batch-size", "100000000"],
+         ("GiB to train", "more than", "lower the batch size")),
 ]
 IMAGENET_CASES = [
     Case("imagenet-arch-unknown", "ImageNet/main.py", ["-a", "resnet9", "{img}"], ("resnet9",)),
@@ -338,6 +419,18 @@ IMAGENET_CASES = [
     Case("imagenet-data-missing", "ImageNet/main.py", ["{box}/nowhere"], ("train/ and val/",)),
     Case("imagenet-train-without-val", "ImageNet/main.py", ["{box}/partial"], ("no val/ folder",),
          _mkdir("partial/train")),
+    Case("imagenet-image-size-beyond-memory", "ImageNet/main.py", ["--image-size", "100000", "{img}"],
+         ("--image-size 100000", "GiB to train", "lower the batch size or the image size")),
+    Case("multiproc-nproc-zero", "ImageNet/multiproc.py", ["--nproc_per_node", "0", "main.py", "{img}"],
+         ("--nproc_per_node must be at least 1",)),
+    Case("multiproc-port-out-of-range", "ImageNet/multiproc.py", ["--nproc_per_node", "1", "main.py",
+                                                                  "--master_port", "70000", "{img}"],
+         ("--master_port must be in 1..65535, got 70000",)),
+    Case("multiproc-nnodes-garbled", "ImageNet/multiproc.py", ["--nnodes", "two", "main.py", "{img}"],
+         ("--nnodes 'two' is not a whole number",)),
+    Case("multiproc-port-in-use", "ImageNet/multiproc.py", ["--nproc_per_node", "1", "--master_port", "45871",
+                                                            "main.py", "{img}"],
+         ("--master_port 45871 is in use", "pick another port"), _port_taken(45871)),
 ]
 if IMAGENET.exists():
     CASES += IMAGENET_CASES
@@ -345,7 +438,7 @@ if IMAGENET.exists():
 
 def _argv(case: Case) -> list[str]:
     base = {"main_individual.py": TRAIN, "main_DST.py": TRAIN, "main_EDST.py": TRAIN, "main_PF.py": TRAIN,
-            "ensemble_freetickets.py": EVAL, "ImageNet/main.py": IMNET}[case.script]
+            "ensemble_freetickets.py": EVAL, "ImageNet/main.py": IMNET, "ImageNet/multiproc.py": []}[case.script]
     return [*base, *case.args]  # argparse: a repeated flag's later value wins
 
 
@@ -451,7 +544,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case_id, results):
     r = case.result
     line = assert_one_line_error(r["code"], r["stderr"], *case.needles)
     assert any(word in line for word in FIX_WORDS), f"the message says nothing about a fix: {line}"
-    prog = case.script if case.script.startswith("ImageNet/") else Path(case.script).name
+    prog = case.script if case.script == "ImageNet/main.py" else Path(case.script).name
     assert line.startswith(f"{prog}: error: "), line
     assert r["after"] == r["before"], "files were written or changed"
 
@@ -468,3 +561,39 @@ def test_forked_runs_are_what_a_real_process_does(case_id, results):
 @pytest.mark.slow
 def test_shared_inputs_unchanged(results):
     assert results["shared_unchanged"]
+
+
+def test_tiny_densities_get_folders_of_their_own():
+    """--density 1e-7 and 4e-7 used to share density_0 (rounded to 6 decimals): one run refused the other's folder
+    as 'already holds a run', or resumed it. Usual densities keep their names; 1 - 0.8 is still density_0.2."""
+    from sparselearning.runfolder import run_folder
+
+    def name(d: float) -> str:
+        return run_folder("r", "m", "cifar10", "DST", 1, d).parent.parent.name
+
+    assert [name(d) for d in (0.2, 0.05, 1.0, 1 - 0.8, 0.5)] == ["density_0.2", "density_0.05", "density_1",
+                                                                 "density_0.2", "density_0.5"]
+    tiny = [1e-7, 4e-7, 1e-9, 1.5e-7, 0.1234567]
+    assert [name(d) for d in tiny] == ["density_1e-07", "density_4e-07", "density_1e-09", "density_1.5e-07",
+                                       "density_0.1234567"]
+
+
+def test_a_missing_data_dir_names_the_files_read_instead(tmp_path, capsys):
+    """A --data-dir that does not exist: Debian's Fashion-MNIST stands in, and one note line names its files (the
+    folder's own listing is the reference); data_files (what summary.json records) gives the same files."""
+    from sparselearning.data import DEBIAN_FASHION_MNIST_DIR, load_split
+    from sparselearning.data.sources import data_files
+
+    debian = Path(DEBIAN_FASHION_MNIST_DIR)
+    if not (debian / "t10k-labels-idx1-ubyte.gz").is_file():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    typo = tmp_path / "dtaa"
+    images, labels = load_split("fashionmnist", "test", str(typo), download=False)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"note: the data folder {typo} does not exist; reading "
+                                                   f"Fashion-MNIST from {debian}/"), lines
+    named = re.search(r"/\{(.*)\} instead$", lines[0])
+    assert named and sorted(named.group(1).split(",")) == sorted(os.listdir(debian))
+    assert sorted(data_files("fashionmnist", str(typo))) == sorted(str((debian / n).resolve())
+                                                                   for n in os.listdir(debian))
+    assert images.shape[0] == labels.shape[0] == 10000 and not typo.exists()

@@ -37,7 +37,8 @@ import torch
 from helpers import REPO, Proc, assert_one_line_error, assert_same_run, tree_state, write_fashion_mnist
 from models import get_model
 from sparselearning import checkpoint as ckpt
-from sparselearning import recipes as T  # main() lives in recipes since Run(plan)
+from sparselearning import recipes as R
+from sparselearning import train as T
 from sparselearning.errors import run_cli
 from sparselearning.evaluation import discover_tickets
 
@@ -103,7 +104,7 @@ def env(tmp_path_factory):
         """One uninterrupted run per configuration, shared by the tests (in-process: no start-up cost)."""
         if name not in refs:
             out = base / "ref" / name
-            T.main(CONFIGS[name][0].removeprefix("main_").removesuffix(".py"), args_for(name, out))
+            R.main(CONFIGS[name][0].removeprefix("main_").removesuffix(".py"), args_for(name, out))
             refs[name] = run_dir(name, out)
         return refs[name]
 
@@ -184,7 +185,7 @@ def in_process(script: str, argv: list[str], capsys) -> tuple[int, str, str]:
     """Run an entry point in this process through run_cli (exit code, stdout, stderr), as its script would."""
     capsys.readouterr()
     try:
-        run_cli(lambda a: T.main(script, a), argv)
+        run_cli(lambda a: R.main(script, a), argv)
         code = 0
     except SystemExit as exc:
         code = exc.code
@@ -439,3 +440,109 @@ def test_log_file_unwritable_is_one_line(env, tmp_path, monkeypatch, capsys):
     assert ckpt.safe_load(run_dir / "last.pth")["epoch"] == 1  # the log line comes before epoch 2's checkpoint
     for name in seen["files"]:
         (ckpt.load_ticket if name.startswith("model") else ckpt.safe_load)(run_dir / name)
+
+
+# ----------------------------------------------------------------------------------------------- reliability round 3
+def test_a_loss_that_is_not_finite_in_epoch_1_leaves_the_folder_free(env, tmp_path, capsys):
+    """A run that fails in its first epoch kept nothing worth keeping: the same command with a sane --lr starts
+    without --resume or --overwrite (summary.json alone does not make the folder a run)."""
+    out = tmp_path / "out"
+    argv = env["args_for"]("DST", out)
+    code, _, err = in_process("DST", argv + ["--lr", "1e30"], capsys)
+    assert_one_line_error(code, err, "at epoch 1, step ")
+    code, _, err = in_process("DST", argv, capsys)
+    assert code == 0, err
+    assert_same_run(env["run_dir"]("DST", out), env["reference"]("DST"))
+
+
+def test_resume_into_another_output_dir_is_refused_and_loses_nothing(env, tmp_path, capsys):
+    """--resume A/last.pth with --output-dir B: one line, B gets nothing, A is untouched and still resumes (the
+    file's own run folder) to the uninterrupted run's tickets."""
+    out_a, out_b = tmp_path / "a", tmp_path / "b"
+    argv = env["args_for"]("DST", out_a)
+    run_a = env["run_dir"]("DST", out_a)
+    real_epoch = T.train_one_epoch
+
+    def stop_in_epoch_3(model, batches, *args, epoch=0, **kwargs):
+        if epoch == 3:
+            raise KeyboardInterrupt
+        return real_epoch(model, batches, *args, epoch=epoch, **kwargs)
+
+    T.train_one_epoch = stop_in_epoch_3
+    try:
+        code, _, _ = in_process("DST", argv, capsys)
+    finally:
+        T.train_one_epoch = real_epoch
+    assert code == 130 and int(ckpt.safe_load(run_a / "last.pth")["epoch"]) == 2
+    before = tree_state(tmp_path)
+    code, _, err = in_process("DST", env["args_for"]("DST", out_b) + ["--resume", str(run_a / "last.pth")], capsys)
+    assert_one_line_error(code, err, "belongs to another run folder", str(env["run_dir"]("DST", out_b)))
+    assert tree_state(tmp_path) == before and not out_b.exists()
+    code, _, err = in_process("DST", argv + ["--resume", str(run_a / "last.pth")], capsys)  # its own folder: fine
+    assert code == 0, err
+    assert_same_run(run_a, env["reference"]("DST"))
+    summary = json.loads((run_a / "summary.json").read_text())
+    assert summary["dataset"]["files_read"] and all(Path(f).is_relative_to(env["data"].resolve())
+                                                    for f in summary["dataset"]["files_read"])
+
+
+def test_a_run_missing_a_listed_file_is_not_finished(env, tmp_path, monkeypatch, capsys):
+    """A ticket deleted while the run ran: the run does not report `finished` with a ticket it does not have."""
+    out = tmp_path / "out"
+    run_dir = env["run_dir"]("DST", out)
+    real_finish = T.Run.finish
+
+    def finish_without_ticket(self):
+        (self.run_dir / "model.pth").unlink()
+        return real_finish(self)
+
+    monkeypatch.setattr(T.Run, "finish", finish_without_ticket)
+    code, _, err = in_process("DST", env["args_for"]("DST", out), capsys)
+    assert_one_line_error(code, err, "lacks model.pth", "not finished", "--overwrite")
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed: model.pth missing"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 3 MiB filesystem (tmpfs) at tmp_path/disk: root only; unmounted afterwards."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a small tmpfs needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()})")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_really_full_disk_is_one_line_then_resume_finishes(env, small_disk, monkeypatch, capsys):
+    """The run folder on a small filesystem that fills up during epoch 3 (a filler file leaves 40 KiB: the logs
+    fit, last.pth does not): one line naming the file and the free space, summary.json says why, epoch 2's
+    checkpoint is intact; with space freed, --resume finishes bit-identically."""
+    out = small_disk / "out"
+    argv = env["args_for"]("DST", out)
+    run_dir = env["run_dir"]("DST", out)
+    filler, real_epoch = small_disk / "filler", T.train_one_epoch
+
+    def fill_disk_in_epoch_3(model, batches, *args, epoch=0, **kwargs):
+        if epoch == 3:
+            with open(filler, "wb") as fh:
+                fh.write(b"\0" * max(0, shutil.disk_usage(small_disk).free - 40 * 1024))
+        return real_epoch(model, batches, *args, epoch=epoch, **kwargs)
+
+    monkeypatch.setattr(T, "train_one_epoch", fill_disk_in_epoch_3)
+    code, _, err = in_process("DST", argv, capsys)
+    line = assert_one_line_error(code, err, f"could not write {run_dir}", "No space left on device", "MiB free",
+                                 "--resume")
+    assert "last.pth" in line or "model.pth" in line, line
+    assert int(ckpt.safe_load(run_dir / "last.pth")["epoch"]) == 2
+    status = json.loads((run_dir / "summary.json").read_text())["status"]
+    assert status.startswith("failed: could not write") and "No space left on device" in status, status
+    assert not [p for p in run_dir.rglob("*") if p.name.endswith(".tmp")]
+    filler.unlink()
+    monkeypatch.setattr(T, "train_one_epoch", real_epoch)
+    code, _, err = in_process("DST", argv + ["--resume"], capsys)
+    assert code == 0, err
+    assert_same_run(run_dir, env["reference"]("DST"))
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"

@@ -331,3 +331,79 @@ def test_poisoned_cifar_batches_are_refused_in_training_and_evaluation(world, tm
                            capture_output=True, text=True, timeout=300)
         assert_one_line_error(r.returncode, r.stderr, needle, "posix.system")
     assert tree_state(tmp_path) == before and not marker.exists()
+
+
+# ------------------------------------------------------------------------------- links, file modes, CSV cells
+def test_a_default_eval_folder_that_is_a_link_is_refused(world, tmp_path):
+    """<tickets>/eval -> elsewhere: the evaluation refuses in one line and writes nothing, there or anywhere."""
+    runs, elsewhere = tmp_path / "runs", tmp_path / "elsewhere"
+    (runs / "seed=1").mkdir(parents=True)
+    elsewhere.mkdir()
+    shutil.copy(world["run"] / "model.pth", runs / "seed=1" / "model.pth")
+    os.symlink(elsewhere, runs / "eval")
+    before = tree_state(tmp_path)
+    r = subprocess.run([sys.executable, str(REPO / "ensemble_freetickets.py"), "--mode", "predict", "--resume",
+                        str(runs), "--data-dir", str(world["data"]), "--no-download"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    assert_one_line_error(r.returncode, r.stderr, f"{runs / 'eval'} is a symbolic link", "use a real folder")
+    assert tree_state(tmp_path) == before and not list(elsewhere.iterdir())
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_atomic_writes_give_the_mode_open_gives(tmp_path, umask):
+    """Every atomically written file gets what a plain open() gives under the umask (0o666 & ~umask), not
+    mkstemp's 0o600: a colleague sharing the results folder can read tickets, summaries and results."""
+    old = os.umask(umask)
+    try:
+        with open(tmp_path / "plain.txt", "w"):
+            pass
+        ckpt.atomic_write_text("{}", tmp_path / "summary.json")
+        ckpt.atomic_save({"x": torch.zeros(3)}, tmp_path / "model.pth")
+    finally:
+        os.umask(old)
+    expected = os.stat(tmp_path / "plain.txt").st_mode & 0o777
+    assert expected == 0o666 & ~umask
+    for name in ("summary.json", "model.pth"):
+        assert os.stat(tmp_path / name).st_mode & 0o777 == expected, name
+
+
+def test_csv_cells_never_become_formulas(tmp_path):
+    """OWASP's rule for every CSV the project writes: text starting with = + - @ tab or CR gets a leading ';
+    numbers (and text that is a number) are unchanged. Read back with the csv module."""
+    import csv
+    import io
+
+    from sparselearning.csv_cells import csv_cell
+    from sparselearning.evaluation.report import csv_text
+    from sparselearning.run_outputs import metrics_csv_text
+
+    assert csv_cell("\rx") == "'\rx" and csv_cell(-2) == -2 and csv_cell(None) is None
+    hostile = ["=1+2", "+SUM(A1)", "-2+3", "@cmd", "\tx", "=HYPERLINK(\"http://x\")"]
+    plain = ["DST", "density_0.2", "-0.5", "-inf", "1e-3", ""]
+    rows = [{"method": v, "value": 1.5, "n": -3} for v in hostile + plain]
+    for text in (csv_text(["method", "value", "n"], rows), metrics_csv_text(rows)):
+        read = list(csv.DictReader(io.StringIO(text)))
+        assert [r["method"] for r in read] == ["'" + v for v in hostile] + plain
+        assert {r["value"] for r in read} == {"1.5"} and {r["n"] for r in read} == {"-3"}
+
+
+def test_a_killed_evaluations_leftovers_are_removed_by_the_next(world, tmp_path):
+    """A 0-byte results_<id>.json and a hidden plots/*.tmp older than any running evaluation's are removed by the
+    next evaluation into that folder; fresh ones (an evaluation running now) are left alone."""
+    from sparselearning.runfolder import LEFTOVER_AGE_S
+
+    out = tmp_path / "eval"
+    (out / "plots").mkdir(parents=True)
+    old = [out / "results_20260101-000000.json", out / "plots" / ".x_predict.png.abc123.tmp"]
+    fresh = [out / "results_20990101-000000.json", out / "plots" / ".y_predict.png.def456.tmp"]
+    for p in old + fresh:
+        p.write_bytes(b"" if p.suffix == ".json" else b"half a png")
+    then = os.stat(old[0]).st_mtime - LEFTOVER_AGE_S - 60
+    for p in old:
+        os.utime(p, (then, then))
+    r = subprocess.run([sys.executable, str(REPO / "ensemble_freetickets.py"), "--mode", "predict", "--resume",
+                        str(world["run"] / "model.pth"), "--data-dir", str(world["data"]), "--no-download",
+                        "--output-dir", str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [p.exists() for p in old + fresh] == [False, False, True, True]
+    assert (out / "results_latest.json").stat().st_size > 0
