@@ -40,7 +40,7 @@ from .runfolder import RunLock, file_id, fmt_density
 # flags that may differ between an interrupted run and its --resume
 RESUME_FREE_FLAGS = frozenset({"resume", "overwrite", "device", "no_cuda", "workers", "log_interval", "data_dir",
                                "output_dir", "no_progress", "amp", "tensorboard", "no_tf32", "channels_last",
-                               "compile"})
+                               "compile", "no_fused_step"})
 
 
 # ---------------------------------------------------------------------------------- the parts of a run
@@ -157,6 +157,7 @@ class Run:
                                    update_frequency=None if plan.fixed_mask else args.update_frequency,
                                    threshold=args.death_threshold, momentum_beta=args.momentum,
                                    seed=args.seed,  # the same on every rank: every rank draws the same masks
+                                   fused_step=not getattr(args, "no_fused_step", False),
                                    death_rate_restarts=self.schedule.death_rate_restarts(steps_per_epoch),
                                    no_update_windows=self.schedule.update_free_windows(
                                        steps_per_epoch, args.stop_updates_frac))

@@ -125,3 +125,10 @@ def test_masking_with_and_without_the_fused_step_trains_identically(opt):
         assert torch.equal(a, b)
     assert all(torch.equal(fused_masking.masks[n], eager_masking.masks[n]) for n in fused_masking.masks)
     fused_masking.check_invariants()
+
+
+def test_no_fused_step_flag_parses():
+    from sparselearning.cli import build_parser
+
+    assert build_parser("DST").parse_args(["--no-fused-step"]).no_fused_step is True
+    assert build_parser("DST").parse_args([]).no_fused_step is False
