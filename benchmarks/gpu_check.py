@@ -129,6 +129,12 @@ def _no_bf16_reason(cfg: Config) -> str:
             else "this GPU has no bf16")
 
 
+def _limit(cfg: Config, name: str) -> float:
+    """A section's time limit: the GPU one, or on the dry run's CPU (possibly shared, far slower) at least
+    DRY_RUN_LIMIT_S."""
+    return max(BUDGET[name][1], DRY_RUN_LIMIT_S) if cfg.dry_run else BUDGET[name][1]
+
+
 # ---------------------------------------------------------------------------------- one training measurement
 @dataclasses.dataclass
 class Setup:
@@ -365,7 +371,7 @@ def section_ddp(cfg: Config) -> dict:
 
 
 def section_ddp_engine(cfg: Config) -> dict:
-    return engine.ddp_engine(cfg.dry_run, timeout=BUDGET["ddp_engine"][1] - 10)
+    return engine.ddp_engine(cfg.dry_run, timeout=_limit(cfg, "ddp_engine") - 10)
 
 
 # ---------------------------------------------------------------------------------- throughput sections
@@ -412,7 +418,7 @@ def section_imagenet_pipeline(cfg: Config) -> dict:
 
 
 def section_end_to_end(cfg: Config) -> dict:
-    return engine.end_to_end(cfg.dry_run, timeout=BUDGET["end_to_end"][1] - 10)
+    return engine.end_to_end(cfg.dry_run, timeout=_limit(cfg, "end_to_end") - 10)
 
 
 def section_compile(cfg: Config) -> dict:
@@ -539,8 +545,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise UsageError("no CUDA device here; run on a GPU machine, or add --dry-run to check the script on the CPU")
     device = torch.device("cpu") if args.dry_run else torch.device("cuda", 0)
     cfg = Config.for_run(args.dry_run, device, args.workers)
-    # the dry run's CPU, possibly shared, is far slower than the GPU the limits are set for
-    limits = {n: max(BUDGET[n][1], DRY_RUN_LIMIT_S) if args.dry_run else BUDGET[n][1] for n in names}
+    limits = {n: _limit(cfg, n) for n in names}
     print_budget(names, limits)
     report = run_sections(cfg, names, Path(args.out), limits)
     failed = [f"{n} ({r['status']})" for n, r in report["sections"].items() if r["status"] != "ok"]
