@@ -116,6 +116,9 @@ def main() -> None:
     print(f"topology update p=0.5: {update_t:8.3f} s    (target <= 0.5 s)")
     print(f"re-exploration q=0.8 : {reexplore_t:8.3f} s")
     print(f"mask memory          : {mask_bytes / n_weights:.2f} bytes per weight (bool masks)")
+    operands = sum(op.numel() * op.element_size() for _, _, op in fused_step._operands.values()) if fused_step else 0
+    print(f"fused-step operands  : {operands / n_weights:.2f} bytes per weight (on the CPU a copy of each mask in "
+          f"the weights' dtype; elsewhere none)")
     print(f"invariants hold      : {mask.check_invariants() is None}")
     print("where a topology update's time goes (cProfile, by own time):")
     print("\n".join(line for line in where.getvalue().splitlines() if line.strip())[-1800:])
