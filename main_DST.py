@@ -1,6 +1,6 @@
 """Train one dynamic-sparse network; M seeds form a DST ensemble (--fix: a static sparse one)."""
 from sparselearning.errors import run_cli
-from sparselearning.train import main
+from sparselearning.recipes import main
 
 if __name__ == "__main__":
     run_cli(lambda argv: main("DST", argv))

@@ -1,6 +1,6 @@
 """Train one PF-ensemble member: prune a dense checkpoint, fine-tune with a fixed mask."""
 from sparselearning.errors import run_cli
-from sparselearning.train import main
+from sparselearning.recipes import main
 
 if __name__ == "__main__":
     run_cli(lambda argv: main("PF", argv))

@@ -40,12 +40,12 @@ from models.init import INITS
 from sparselearning.cli import (Given, at_least, common_parser, fraction, normalise_spellings, parser_defaults,
                                 schedule_for, validate_imagenet)
 from sparselearning.core.distributed import World
-from sparselearning.core.masking import DEATH_MODES
+from sparselearning.core.death import DEATH_RULES
 from sparselearning.core.schedules import Schedule
 from sparselearning.data.imagenet import (DeviceBatches, ShardSampler, check_root, first_batches, image_folder,
                                           image_loader, imagenet_spec)
 from sparselearning.errors import UsageError, run_cli
-from sparselearning.recipes import sparse_init_of
+from sparselearning.recipes import run_settings, sparse_init_of, sparse_plan
 from sparselearning.runfolder import run_folder
 from sparselearning.loop import (compiled_for_training, evaluate_model, pick_device, speed_settings,
                                  to_channels_last, train_one_epoch)
@@ -102,7 +102,7 @@ def imagenet_flags() -> argparse.ArgumentParser:
     s = parser.add_argument_group("ImageNet spellings of the original code")
     s.add_argument("--dense", dest="sparse", action="store_false", help="train the dense network (no masks)")
     s.add_argument("--prune-rate", dest="death_rate", type=float, default=argparse.SUPPRESS, help="= --death-rate")
-    s.add_argument("--prune", dest="death", choices=DEATH_MODES, default=argparse.SUPPRESS, help="= --death")
+    s.add_argument("--prune", dest="death", choices=DEATH_RULES, default=argparse.SUPPRESS, help="= --death")
     s.add_argument("--fp16", dest="amp", action="store_true", help="= --amp")
     for flag in ("--start-ite", "--static-loss-scale"):
         s.add_argument(flag, default=None, help=argparse.SUPPRESS)
@@ -224,12 +224,13 @@ def imagenet_plan(args: argparse.Namespace, schedule: Schedule, defaults: dict, 
     wrap = data_parallel(world, device)
     kind = "dense" if not args.sparse else "static" if args.fix else "EDST" if schedule.num_tickets > 1 else "DST"
     return RunPlan(
-        program=PROG, script="imagenet", kind=kind, dataset="imagenet",
+        program=PROG, script="imagenet", kind=kind, dataset="imagenet", model_name=args.model,
         run_dir=run_folder(args.output_dir, args.model, "imagenet", kind, args.seed, args.density,
                            schedule.num_tickets),
         schedule=schedule, device=device, data=imagenet_data(args, world, device),
         model=lambda spec: imagenet_model(args, spec.num_classes), optimizer=sgd(args),
-        sparse_init=sparse_init_of(args) if args.sparse else None, fixed_mask=args.fix,
+        sparse=sparse_plan(args, sparse_init_of(args), fixed_mask=args.fix) if args.sparse else None,
+        **run_settings(args),
         numbered_tickets=schedule.num_tickets > 1, criterion=nn.CrossEntropyLoss(label_smoothing=args.label_smoothing),
         topk=(1, 5), world=world, wrap_model=compiled_for_training(wrap) if args.compile else wrap,
         progress=world.is_main and not args.no_progress and sys.stderr.isatty(), log_every=args.print_freq,
@@ -239,12 +240,12 @@ def imagenet_plan(args: argparse.Namespace, schedule: Schedule, defaults: dict, 
 
 
 # ============================================================================ benchmarks
-def benchmark(run: Run, training: bool) -> dict:
+def benchmark(run: Run, args: argparse.Namespace, training: bool) -> dict:
     """Images/s of training or inference iterations on preloaded batches (the input pipeline excluded)."""
-    args = run.args
-    source = run.train_loader if training else run.val_loader
+    parts = run.parts
+    source = parts.train_loader if training else parts.val_loader
     if training:
-        run.data.start_epoch(0)
+        parts.data.start_epoch(0)
     batches = first_batches(source, min(8, len(source)))
     if not batches:
         raise UsageError("no batch to benchmark on this rank; use more images or a smaller -b")
@@ -252,10 +253,10 @@ def benchmark(run: Run, training: bool) -> dict:
     def work(count: int) -> None:
         cycle = (batches[i % len(batches)] for i in range(count))
         if count and training:
-            train_one_epoch(run.net, cycle, run.optimizer, run.masking, None, autocast=run.autocast,
-                            scaler=run.scaler, criterion=run.plan.criterion, progress=False)
+            train_one_epoch(parts.net, cycle, parts.optimizer, parts.masking, None, autocast=parts.autocast,
+                            scaler=parts.scaler, criterion=run.plan.criterion, progress=False)
         elif count:
-            evaluate_model(run.model, cycle, autocast=run.autocast, topk=(1, 5))
+            evaluate_model(parts.model, cycle, autocast=parts.autocast, topk=(1, 5))
 
     def sync() -> None:
         if run.device.type == "cuda":
@@ -271,7 +272,7 @@ def benchmark(run: Run, training: bool) -> dict:
     total = run.world.all_sum([images / seconds])[0]
     what = "training" if training else "inference"
     precision = "amp" if args.amp and run.device.type == "cuda" else "fp32"
-    sparsity = f"sparse density {args.density}" if run.masking else "dense"
+    sparsity = f"sparse density {args.density}" if parts.masking else "dense"
     run.note(f"benchmark-{what}: {total:.1f} images/s ({run.world.size} process(es), batch {args.batch_size} per "
              f"process, {args.arch} at {args.image_size}px, {precision}, {sparsity}, {run.device.type})")
     return {"mode": what, "images_per_second": total}
@@ -281,13 +282,13 @@ def benchmark(run: Run, training: bool) -> dict:
 def main(argv: list[str] | None = None) -> dict | list:
     args, schedule, defaults = parse(argv)
     world = World.from_env(args.local_rank)
-    run = Run(args, imagenet_plan(args, schedule, defaults, world))
+    run = Run(imagenet_plan(args, schedule, defaults, world))
     try:
         if not (args.benchmark_training or args.benchmark_inference):
             return start_run(run)
         run.build()  # benchmarks write nothing
         run.connect()
-        return [benchmark(run, training) for training, on in ((True, args.benchmark_training),
+        return [benchmark(run, args, training) for training, on in ((True, args.benchmark_training),
                                                                 (False, args.benchmark_inference)) if on]
     finally:
         if dist.is_initialized():

@@ -14,6 +14,11 @@ One command trains and evaluates, with the repository's own scripts run as a use
 - a PF ensemble (each dense model of the deep ensemble pruned globally by ``main_PF.py`` and
   fine-tuned with its mask fixed);
 
+and, in the over regime (full run), the paper's second operating point and its same-density baselines:
+
+- an EDST ensemble of M=7 tickets at density 0.1 (one ``main_EDST.py --model-num 7`` run, seed 1+rM);
+- static and DST ensembles of M runs at density 0.1 (the same seeds as the rows at ``--density``);
+
 then ``ensemble_freetickets.py --mode predict,disagreement,calibration,KD,ood,corruption`` on each
 ensemble, and prints the paper's Table 1 layout: accuracy, NLL, ECE, OoD AUROC, corrupted accuracy,
 disagreement, KL, training FLOPs relative to the dense model, parameters.
@@ -54,6 +59,13 @@ a second invocation continues interrupted runs and re-uses finished ones (and th
     python benchmarks/reproduce_small.py --regime over --quick  # over, E=4, 1 replicate, one corruption
     python benchmarks/reproduce_small.py --regime over --stop-updates-frac 0.25  # + EDST with that option, same seeds
 
+``--rows`` trains and evaluates only the rows it names (and the dense runs, which every row's FLOPs are
+relative to); with ``--resume`` finished runs and evaluations are reused, and rows that an earlier run
+of the same output folder finished stay in the table, so the over regime's three extra rows can be added
+to an existing full run:
+
+    python benchmarks/reproduce_small.py --regime over --rows EDST7-d0.1,static-d0.1,DST-d0.1
+
 With ``--stop-updates-frac F`` every replicate also trains its EDST run again with that flag (no periodic
 topology update in the last F of each phase; same seed, under ``rep<r>/stop_updates_<F>/``) and tables it as
 one more row with its own verdicts; the notes give every sparse method's fraction of exactly-zero active
@@ -84,7 +96,8 @@ from sparselearning.runfolder import run_folder
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # the sibling module, also when loaded by path
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reproduce_regimes import DEFAULT_REGIME, REGIMES, prepare_mnist_ood  # noqa: E402
+from reproduce_claims import claims, fmt_cell  # noqa: E402,F401  (fmt_cell: part of this script's interface)
+from reproduce_regimes import DEFAULT_REGIME, EXTRA_ROWS, REGIMES, prepare_mnist_ood  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = "fashionmnist"
@@ -97,6 +110,8 @@ LABELS = {
     "EDST": "EDST ensemble",
     "PF": "PF ensemble",
 }
+ALWAYS = ("dense", "deep")  # in every --rows choice: each row's FLOPs are relative to the dense runs, whose row is
+# read from the deep ensemble's evaluation
 COLUMNS = ("acc", "nll", "ece", "brier", "ood_auroc", "corrupted_acc", "disagreement", "kl", "flops_rel", "params")
 HEADERS = {"acc": "Acc (%)", "nll": "NLL", "ece": "ECE", "brier": "Brier", "ood_auroc": "OoD AUROC",
            "corrupted_acc": "cAcc (%)",
@@ -127,14 +142,39 @@ class Plan:
     model: str = "cnn-small"
     data_dir: Path | None = None  # where the evaluation finds the OoD datasets (None: its default ./data)
     stop_updates_frac: float = 0.0  # > 0: one more EDST ensemble per replicate, same seed, with --stop-updates-frac
+    extra_rows: tuple[str, ...] = ()  # EXTRA_ROWS this plan can run (the over regime's second operating point)
+    rows: tuple[str, ...] | None = None  # the rows to train and evaluate (None: all of the default table)
+
+    def all_methods(self) -> tuple[str, ...]:
+        """Every row this plan knows, in table order."""
+        return METHODS + (("EDST-stop",) if self.stop_updates_frac else ()) + self.extra_rows
 
     def methods(self) -> tuple[str, ...]:
-        return METHODS + (("EDST-stop",) if self.stop_updates_frac else ())
+        """The rows to train and evaluate (always ALWAYS)."""
+        wanted = set(self.all_methods() if self.rows is None else (*self.rows, *ALWAYS))
+        return tuple(m for m in self.all_methods() if m in wanted)
 
     def label(self, method: str) -> str:
         if method == "EDST-stop":
             return f"EDST ensemble, no updates in the last {self.stop_updates_frac:g} of a phase"
-        return LABELS[method]
+        return EXTRA_ROWS[method].label if method in EXTRA_ROWS else LABELS[method]
+
+    def kind(self, method: str) -> str:
+        """The run kind of a row's training runs: dense, static, DST, EDST or PF."""
+        if method in EXTRA_ROWS:
+            return EXTRA_ROWS[method].kind
+        return "EDST" if method == "EDST-stop" else ("dense" if method == "deep" else method)
+
+    def density_of(self, method: str) -> float:
+        if method in EXTRA_ROWS:
+            return EXTRA_ROWS[method].density
+        return 1.0 if method in ("dense", "deep") else self.density
+
+    def members_of(self, method: str) -> int:
+        return (EXTRA_ROWS[method].members if method in EXTRA_ROWS else None) or self.members
+
+    def edst_epochs(self, method: str) -> int:
+        return self.edst_explo + self.members_of(method) * self.edst_phase
 
     def rep_root(self, r: int) -> Path:
         return self.out / f"rep{r}"
@@ -147,22 +187,20 @@ class Plan:
 
     def run_dir(self, method: str, r: int, seed: int) -> Path:
         """The engine's own run folder of that job (sparselearning.runfolder names every run folder)."""
-        density = 1.0 if method == "dense" else self.density
-        if method == "EDST-stop":  # an EDST run folder under its own root (the folder name has no flag in it)
-            return run_folder(self.stop_root(r), self.model, DATA, "EDST", seed, density, self.members)
-        return run_folder(self.rep_root(r), self.model, DATA, method, seed, density, self.members)
+        root = self.stop_root(r) if method == "EDST-stop" else self.rep_root(r)  # its folder name has no flag in it
+        return run_folder(root, self.model, DATA, self.kind(method), seed, self.density_of(method),
+                          self.members_of(method))
 
     def ensemble_dir(self, method: str, r: int) -> Path:
-        if method.startswith("EDST"):
+        if self.kind(method) == "EDST":
             return self.run_dir(method, r, self.seeds(r)[0])
-        return self.run_dir("dense" if method == "deep" else method, r, 0).parent  # the folder of its seed=* runs
+        return self.run_dir(method, r, 0).parent  # the folder of its seed=* runs
 
     def runs_of(self, method: str, r: int) -> list[Path]:
         """Training run folders whose summaries make up one ensemble (PF: its own runs only)."""
-        if method.startswith("EDST"):
+        if self.kind(method) == "EDST":
             return [self.run_dir(method, r, self.seeds(r)[0])]
-        m = "dense" if method == "deep" else method
-        return [self.run_dir(m, r, s) for s in self.seeds(r)]
+        return [self.run_dir(method, r, s) for s in self.seeds(r)]
 
 
 def common(plan: Plan, r: int, seed: int, root: Path | None = None) -> list[str]:
@@ -170,8 +208,8 @@ def common(plan: Plan, r: int, seed: int, root: Path | None = None) -> list[str]
             "--resume", "--no-progress", "--device", "cpu"]
 
 
-def sparse_flags(plan: Plan) -> list[str]:
-    return ["--sparse", "--density", str(plan.density), "--sparse-init", "ERK", "--update-frequency",
+def sparse_flags(plan: Plan, density: float | None = None) -> list[str]:
+    return ["--sparse", "--density", str(plan.density if density is None else density), "--sparse-init", "ERK", "--update-frequency",
             str(plan.update_frequency), "--death-rate", "0.5", "--large-death-rate", "0.8", "--growth", "gradient",
             "--death", "magnitude", "--redistribution", "none"]
 
@@ -179,37 +217,45 @@ def sparse_flags(plan: Plan) -> list[str]:
 EVAL_MODES = "predict,disagreement,calibration,KD,ood,corruption"
 
 
+def training_jobs(plan: Plan, method: str, r: int) -> list[Job]:
+    """The training runs of one row of one replicate (deep: none of its own; it is made of the dense runs)."""
+    seeds, kind, E = plan.seeds(r), plan.kind(method), str(plan.epochs)
+    if method == "deep":
+        return []
+    if kind == "dense":
+        return [Job(f"r{r}-dense-s{s}", ["main_individual.py", "--epochs", E, *common(plan, r, s)]) for s in seeds]
+    flags = sparse_flags(plan, plan.density_of(method))
+    if kind in ("static", "DST"):
+        fix = ["--fix"] if kind == "static" else []
+        return [Job(f"r{r}-{method}-s{s}", ["main_DST.py", *fix, "--epochs", E, *flags, *common(plan, r, s)])
+                for s in seeds]
+    if kind == "EDST":
+        stop = ["--stop-updates-frac", f"{plan.stop_updates_frac:g}"] if method == "EDST-stop" else []
+        root = plan.stop_root(r) if method == "EDST-stop" else None
+        return [Job(f"r{r}-{method}-s{seeds[0]}", [
+            "main_EDST.py", "--epochs", str(plan.edst_epochs(method)), "--epochs-explo", str(plan.edst_explo),
+            "--model-num", str(plan.members_of(method)), "--nolrsche", *flags, *stop,
+            *common(plan, r, seeds[0], root)])]
+    return [Job(f"r{r}-PF-s{s}", [  # PF: each dense model of the deep ensemble pruned and fine-tuned
+        "main_PF.py", "--pretrained", str(plan.run_dir("dense", r, s) / "model.pth"), "--PF-rate",
+        f"{1 - plan.density:g}", "--lr", str(plan.pf_lr), "--nolrsche", "--epochs", str(plan.pf_epochs),
+        *common(plan, r, s)], deps=[f"r{r}-dense-s{s}"]) for s in seeds]
+
+
 def build_jobs(plan: Plan) -> list[Job]:
+    """The jobs of plan.methods(), replicate by replicate (PF brings the dense runs it starts from)."""
     jobs: list[Job] = []
-    E = str(plan.epochs)
+    methods = plan.methods()
     for r in range(plan.replicates):
-        seeds = plan.seeds(r)
-        for s in seeds:
-            jobs.append(Job(f"r{r}-dense-s{s}", ["main_individual.py", "--epochs", E, *common(plan, r, s)]))
-        for s in seeds:
-            jobs.append(Job(f"r{r}-static-s{s}", ["main_DST.py", "--fix", "--epochs", E, *sparse_flags(plan),
-                                                  *common(plan, r, s)]))
-        for s in seeds:
-            jobs.append(Job(f"r{r}-DST-s{s}", ["main_DST.py", "--epochs", E, *sparse_flags(plan), *common(plan, r, s)]))
-        edst_epochs = plan.edst_explo + plan.members * plan.edst_phase
-        edst = ["main_EDST.py", "--epochs", str(edst_epochs), "--epochs-explo", str(plan.edst_explo), "--model-num",
-                str(plan.members), "--nolrsche", *sparse_flags(plan)]
-        jobs.append(Job(f"r{r}-EDST-s{seeds[0]}", [*edst, *common(plan, r, seeds[0])]))
-        if plan.stop_updates_frac:  # the same run with updates stopped at the end of each phase: a paired comparison
-            jobs.append(Job(f"r{r}-EDST-stop-s{seeds[0]}", [
-                *edst, "--stop-updates-frac", f"{plan.stop_updates_frac:g}",
-                *common(plan, r, seeds[0], plan.stop_root(r))]))
-        for s in seeds:
-            pretrained = plan.run_dir("dense", r, s) / "model.pth"
-            jobs.append(Job(f"r{r}-PF-s{s}", [
-                "main_PF.py", "--pretrained", str(pretrained), "--PF-rate", f"{1 - plan.density:g}", "--lr",
-                str(plan.pf_lr), "--nolrsche", "--epochs", str(plan.pf_epochs), *common(plan, r, s)],
-                deps=[f"r{r}-dense-s{s}"]))
+        train = [m for m in plan.all_methods() if m in methods or (m == "dense" and {"deep", "PF"} & set(methods))]
+        rep = [j for m in train for j in training_jobs(plan, m, r)]
+        jobs += rep
         # this replicate's evaluations next: each replicate finishes (and can be tabled) before the last starts
-        train_names = {j.name for j in jobs}
-        for method in plan.methods()[1:]:  # every ensemble (the dense row is read from the deep ensemble's)
+        for method in methods:
+            if method == "dense":  # the dense row is read from the deep ensemble's evaluation
+                continue
             prefix = "dense" if method == "deep" else method
-            deps = sorted(n for n in train_names if n.startswith(f"r{r}-{prefix}-s"))
+            deps = sorted(j.name for j in rep if j.name.startswith(f"r{r}-{prefix}-s"))
             jobs.append(Job(f"r{r}-eval-{method}", [
                 "ensemble_freetickets.py", "--mode", EVAL_MODES, "--resume", str(plan.ensemble_dir(method, r)),
                 "--data", DATA, "--ood-data", ",".join(plan.ood), "--corruptions", ",".join(plan.corruptions),
@@ -268,8 +314,23 @@ def summary(run_dir: Path) -> dict:
     return s
 
 
+def finished(plan: Plan, method: str) -> bool:
+    """Whether every replicate of that row has its evaluation and finished training runs (left by an earlier run)."""
+    for r in range(plan.replicates):
+        if not (plan.ensemble_dir(method, r) / "eval" / "results_latest.json").is_file():
+            return False
+        for d in plan.runs_of(method, r):
+            if not (d / "summary.json").is_file() or json.loads((d / "summary.json").read_text()).get(
+                    "status") != "finished":
+                return False
+    return True
+
+
 def collect(plan: Plan) -> dict:
-    per: dict[str, list[dict]] = {m: [] for m in plan.methods()}
+    """The table of the plan's rows and of any other row an earlier run of the same output folder finished."""
+    chosen = plan.methods()
+    tabled = [m for m in plan.all_methods() if m in chosen or finished(plan, m)]
+    per: dict[str, list[dict]] = {m: [] for m in tabled}
     for r in range(plan.replicates):
         dense_runs = [summary(plan.run_dir("dense", r, s)) for s in plan.seeds(r)]
         dense_flops = statistics.fmean(s["training_flops"] for s in dense_runs)
@@ -280,13 +341,13 @@ def collect(plan: Plan) -> dict:
             per["dense"].append({**metrics_of(rows_deep, m, plan.ood), "disagreement": None, "kl": None,
                                  "flops_rel": s["training_flops"] / dense_flops, "params": dense_params,
                                  "replicate": r, "member": m})
-        for method in plan.methods()[1:]:
+        for method in tabled[1:]:
             rows = rows_deep if method == "deep" else load_rows(plan.ensemble_dir(method, r))
             sums = [summary(d) for d in plan.runs_of(method, r)]
             flops = sum(s["training_flops"] for s in sums)
             if method == "PF":  # the dense pre-training of each member counts
                 flops += sum(s["training_flops"] for s in dense_runs)
-            if method.startswith("EDST"):  # M tickets of one run, each with the run's mask size
+            if plan.kind(method) == "EDST":  # M tickets of one run, each with the run's mask size
                 params = len(sums[0]["tickets"]) * sums[0]["parameters"]["active"]
             else:
                 params = sum(s["parameters"]["active"] for s in sums)
@@ -301,87 +362,16 @@ def collect(plan: Plan) -> dict:
                                     plan.ensemble_dir(method, r), rows),
                                 "train_seconds": sum(s.get("elapsed_seconds", 0.0) for s in sums)})
     table = []
-    for method in plan.methods():
+    for method in tabled:
         entries = per[method]
         row = {"method": method, "label": plan.label(method), "n": len(entries),
-               "M": 1 if method == "dense" else plan.members}
+               "M": 1 if method == "dense" else plan.members_of(method)}
         for col in (*COLUMNS, "member_acc", "active_zeros"):
             vals = [e[col] for e in entries if e.get(col) is not None]
             row[col] = statistics.fmean(vals) if vals else None
             row[col + "_std"] = statistics.stdev(vals) if len(vals) > 1 else None
         table.append(row)
     return {"table": table, "per_replicate": per}
-
-
-def fmt_cell(row: dict, col: str) -> str:
-    v, sd = row[col], row[col + "_std"]
-    if v is None:
-        return "-"
-    if col == "params":
-        return f"{v:,.0f}"
-    if col == "flops_rel":
-        return f"{v:.2f}x"
-    digits = {"acc": 2, "corrupted_acc": 2, "nll": 4, "ece": 4, "brier": 4, "ood_auroc": 4, "disagreement": 4,
-              "kl": 4}[col]
-    return f"{v:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd is not None else "")
-
-
-def claims(table: list[dict]) -> list[dict]:
-    """The paper's claims, each decided by the table's means.
-
-    verdict: 'supported' / 'not supported' by the means; 'within noise' when a metric difference is
-    smaller than the larger of the two sample stds (n=1 rows have none; the other row's is used).
-    """
-    t = {r["method"]: r for r in table}
-    out = []
-
-    def noise(a: dict, b: dict, col: str) -> float | None:
-        sds = [x[col + "_std"] for x in (a, b) if x.get(col + "_std") is not None]
-        return max(sds) if sds else None
-
-    def claim(text: str, ok: bool, evidence: str, diffs: list[tuple[float, float | None]] = ()) -> None:
-        close = any(sd is not None and abs(diff) < sd for diff, sd in diffs)
-        verdict = "within noise" if close else ("supported" if ok else "not supported")
-        out.append({"claim": text, "verdict": verdict, "supported": bool(ok) and not close, "evidence": evidence})
-
-    def more_diverse(a: dict, b: dict, name_a: str, name_b: str) -> None:
-        claim(f"{name_a} tickets are more diverse than {name_b} tickets (disagreement and KL)",
-              a["disagreement"] > b["disagreement"] and a["kl"] > b["kl"],
-              f"{name_a} disagreement {fmt_cell(a, 'disagreement')}, KL {fmt_cell(a, 'kl')} vs {name_b} "
-              f"{fmt_cell(b, 'disagreement')}, {fmt_cell(b, 'kl')}",
-              [(a[c] - b[c], noise(a, b, c)) for c in ("disagreement", "kl")])
-
-    e, d, deep, dst, pf, st = t["EDST"], t["dense"], t["deep"], t["DST"], t["PF"], t["static"]
-    claim("EDST ensemble has fewer training FLOPs than one dense model", e["flops_rel"] < 1,
-          f"EDST {e['flops_rel']:.2f}x vs dense 1.00x")
-    claim("EDST ensemble has fewer parameters than one dense model", e["params"] < d["params"],
-          f"EDST {e['params']:,.0f} vs dense {d['params']:,.0f}")
-    for col, sign, name in (("acc", 1, "accuracy"), ("nll", -1, "NLL"), ("ece", -1, "ECE"), ("brier", -1, "Brier"),
-                            ("ood_auroc", 1, "OoD AUROC"), ("corrupted_acc", 1, "corrupted accuracy")):
-        if e.get(col) is None or d.get(col) is None:
-            continue
-        diff = sign * (e[col] - d[col])
-        claim(f"EDST ensemble beats the single dense model in {name}", diff > 0,
-              f"EDST {fmt_cell(e, col)} vs dense {fmt_cell(d, col)}", [(diff, noise(e, d, col))])
-    gap = deep["acc"] - dst["acc"]
-    claim("DST ensemble approaches the dense deep ensemble (accuracy within 0.5 points) at a fraction of its "
-          "training FLOPs", gap <= 0.5 and dst["flops_rel"] < deep["flops_rel"],
-          f"DST {fmt_cell(dst, 'acc')} % at {dst['flops_rel']:.2f}x vs deep ensemble {fmt_cell(deep, 'acc')} % at "
-          f"{deep['flops_rel']:.2f}x (gap {gap:.2f} points)", [(gap - 0.5, noise(deep, dst, "acc"))])
-    more_diverse(dst, e, "DST", "EDST")
-    for name, row in (("DST", dst), ("EDST", e)):
-        more_diverse(row, pf, name, "PF")
-    for col, sign, name in (("acc", 1, "accuracy"), ("nll", -1, "NLL")):
-        diff = sign * (dst[col] - st[col])
-        claim(f"DST ensemble beats the static sparse ensemble in {name}", diff > 0,
-              f"DST {fmt_cell(dst, col)} vs static {fmt_cell(st, col)}", [(diff, noise(dst, st, col))])
-    if "EDST-stop" in t:  # not a claim of the paper: this code's option (the reference's decision 6)
-        stop = t["EDST-stop"]
-        for col, sign, name in (("acc", 1, "accuracy"), ("nll", -1, "NLL"), ("ece", -1, "ECE")):
-            diff = sign * (stop[col] - e[col])
-            claim(f"(option, not the paper) EDST with no topology updates at the end of each phase beats plain EDST "
-                  f"in {name}", diff > 0, f"{fmt_cell(stop, col)} vs {fmt_cell(e, col)}", [(diff, noise(stop, e, col))])
-    return out
 
 
 def render(result: dict, plan: Plan, info: dict) -> tuple[str, str]:
@@ -399,7 +389,7 @@ def render(result: dict, plan: Plan, info: dict) -> tuple[str, str]:
     md += ["", "Mean accuracy (%) of one member against its ensemble:", "",
            "| | " + " | ".join(r["method"] for r in gains) + " |", "|---|" + "---|" * len(gains),
            "| member (mean) | " + " | ".join(f"{r['member_acc']:.2f}" for r in gains) + " |",
-           f"| ensemble of {plan.members} | " + " | ".join(f"{r['acc']:.2f}" for r in gains) + " |",
+           "| ensemble (M as above) | " + " | ".join(f"{r['acc']:.2f}" for r in gains) + " |",
            "| gain | " + " | ".join(f"{r['acc'] - r['member_acc']:+.2f}" for r in gains) + " |", ""]
     edst_epochs = plan.edst_explo + plan.members * plan.edst_phase
     model = next((g.description for g in REGIMES.values() if g.model == plan.model), plan.model)
@@ -407,7 +397,11 @@ def render(result: dict, plan: Plan, info: dict) -> tuple[str, str]:
         f"{model} on Fashion-MNIST (54k train / 6k validation / 10k test), CPU. Epoch budget E={plan.epochs}: dense, "
         f"static and DST runs {plan.epochs} epochs each; EDST {plan.edst_explo} + {plan.members} x {plan.edst_phase} "
         f"= {edst_epochs} epochs for all {plan.members} tickets; PF: E dense epochs + {plan.pf_epochs} fine-tuning "
-        f"epochs per member (LR {plan.pf_lr}). Sparse: density {plan.density}, ERK, dT={plan.update_frequency}.",
+        f"epochs per member (LR {plan.pf_lr}). Sparse: density {plan.density}, ERK, dT={plan.update_frequency}."
+        + "".join(f" {plan.label(m)}: " + (f"{plan.edst_explo} + {plan.members_of(m)} x {plan.edst_phase} = "
+                                           f"{plan.edst_epochs(m)} epochs" if plan.kind(m) == "EDST" else
+                                           f"{plan.members_of(m)} x {plan.epochs} epochs") + "."
+                  for m in plan.extra_rows if any(r["method"] == m for r in table)),
         f"n = number of independent ensembles (the single dense row: dense runs); mean ± sample std. Seeds "
         f"1..{plan.replicates * plan.members}.",
         f"OoD AUROC: max-softmax score, Fashion-MNIST test vs {ood_name}. cAcc: mean over "
@@ -449,6 +443,11 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stop-updates-frac", type=float, default=0.0, metavar="F",
                         help="also train each EDST run again with --stop-updates-frac F (same seed) and table it as "
                              "one more row (default 0: not run)")
+    parser.add_argument("--rows", default=None, metavar="ROW,...",
+                        help="train and evaluate only these rows (the dense runs always; finished runs are reused, "
+                             "and rows an earlier run of the output folder finished stay in the table): "
+                             + ", ".join(METHODS + ("EDST-stop",) + tuple(EXTRA_ROWS))
+                             + " (default: the whole table; the over regime's last three only without --quick)")
     parser.add_argument("--table-only", action="store_true", help="only rebuild the table from finished runs")
     return parser
 
@@ -490,11 +489,21 @@ def make_plan(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Plan
     out = Path(args.output_dir or (regime.out_quick if args.quick else regime.out_full))
     if not out.is_absolute():
         out = REPO / out
+    extra = tuple(m for m in regime.extra_rows if (EXTRA_ROWS[m].density, EXTRA_ROWS[m].members or args.members) != (
+        args.density, args.members))  # a row the plan's own density and M already make is not run twice
+    rows = None if args.rows is None else tuple(r.strip() for r in args.rows.split(",") if r.strip())
+    known = METHODS + (("EDST-stop",) if args.stop_updates_frac else ()) + extra
+    if rows is not None and (not rows or set(rows) - set(known)):
+        parser.error(f"unknown --rows {sorted(set(rows) - set(known)) or rows}; choose from {', '.join(known)}"
+                     + ("" if args.stop_updates_frac else " (EDST-stop needs --stop-updates-frac)"))
+    if rows is None and args.quick:
+        rows = tuple(m for m in known if m not in extra)
     ood, data_dir = ood_sets(args.regime, out, args.quick)
     return Plan(out=out, epochs=E, edst_explo=max(1, round(0.6 * E)), edst_phase=max(1, round(0.4 * E)),
                 pf_epochs=max(1, round(0.4 * E)), replicates=R, members=args.members, density=args.density,
                 update_frequency=args.update_frequency, pf_lr=args.pf_lr, ood=ood, corruptions=corruptions,
-                model=regime.model, data_dir=data_dir, stop_updates_frac=args.stop_updates_frac)
+                model=regime.model, data_dir=data_dir, stop_updates_frac=args.stop_updates_frac, extra_rows=extra,
+                rows=rows)
 
 
 def main(argv: list[str] | None = None) -> None:

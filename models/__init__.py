@@ -1,5 +1,9 @@
 """Model zoo: get_model(name, num_classes, in_channels, image_size).
 
+A top-level package, as in the paper's repository (``from models import ...`` keeps working for its
+readers), and a standalone one: it imports nothing of ``sparselearning``, so it can be lifted into
+another project as it is. Tickets store a model's registry name, never this package's path.
+
 Every model returns logits (apply ``log_softmax``/``cross_entropy`` outside) and accepts any
 number of classes and 1- or 3-channel 28x28 or 32x32 images. Only ``nn.Conv2d`` and
 ``nn.Linear`` modules hold weight matrices, so a sparse engine that masks every Conv/Linear
@@ -11,8 +15,6 @@ from typing import Callable
 
 import torch.nn as nn
 
-from sparselearning.errors import UsageError
-
 from .alexnet import AlexNet
 from .imagenet_resnet import imagenet_resnet
 from .mlp import MLP_CIFAR10, LeNet_5_Caffe, LeNet_300_100
@@ -20,6 +22,11 @@ from .resnet import ResNet, resnet18, resnet34, resnet50
 from .small_cnn import SmallCNN
 from .vgg import VGG16
 from .wide_resnet import WideResNet
+
+
+class ModelArgumentError(ValueError):
+    """Bad arguments to get_model (an unknown name, an image too small for the architecture, ...)."""
+
 
 # name -> builder(num_classes, in_channels, image_size, drop_rate)
 _Builder = Callable[[int, int, int, float], nn.Module]
@@ -67,24 +74,24 @@ def get_model(name: str, num_classes: int, in_channels: int = 3, image_size: int
     ``image_size`` x ``image_size`` inputs. The model returns logits.
 
     ``drop_rate`` is the WideResNet dropout probability (0.0 in the paper's DST/EDST/PF runs);
-    other models have no dropout and reject a non-zero value. Bad arguments raise UsageError.
+    other models have no dropout and reject a non-zero value. Bad arguments raise ModelArgumentError.
     """
     if name not in _REGISTRY:
-        raise UsageError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_NAMES)}")
+        raise ModelArgumentError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_NAMES)}")
     for arg, value in (("num_classes", num_classes), ("in_channels", in_channels), ("image_size", image_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise UsageError(f"{arg} must be a positive integer, got {value!r}")
+            raise ModelArgumentError(f"{arg} must be a positive integer, got {value!r}")
     min_size = _MIN_IMAGE_SIZE.get(name, 1)
     if image_size < min_size:
-        raise UsageError(f"model {name!r} needs images of at least {min_size}x{min_size}, got {image_size}")
+        raise ModelArgumentError(f"model {name!r} needs images of at least {min_size}x{min_size}, got {image_size}")
     if not 0.0 <= float(drop_rate) < 1.0:
-        raise UsageError(f"drop_rate must be in [0, 1), got {drop_rate!r}")
+        raise ModelArgumentError(f"drop_rate must be in [0, 1), got {drop_rate!r}")
     if drop_rate and not name.startswith("wrn-"):
-        raise UsageError(f"drop_rate applies only to WideResNets (wrn-*), not {name!r}")
+        raise ModelArgumentError(f"drop_rate applies only to WideResNets (wrn-*), not {name!r}")
     return _REGISTRY[name](num_classes, in_channels, image_size, float(drop_rate))
 
 
 __all__ = [
-    "MODEL_NAMES", "get_model", "AlexNet", "LeNet_300_100", "LeNet_5_Caffe", "MLP_CIFAR10",
+    "MODEL_NAMES", "ModelArgumentError", "get_model", "AlexNet", "LeNet_300_100", "LeNet_5_Caffe", "MLP_CIFAR10",
     "ResNet", "SmallCNN", "VGG16", "WideResNet", "imagenet_resnet", "resnet18", "resnet34", "resnet50",
 ]

@@ -219,10 +219,13 @@ def load_ticket(path: str | os.PathLike) -> dict:
 
 def ticket_model(ticket: Mapping[str, Any], device: str | torch.device = "cpu") -> torch.nn.Module:
     """Build the ticket's model from the registry and load its weights strictly."""
-    from models import get_model  # local import: models depends on nothing here
+    from models import ModelArgumentError, get_model  # local import: only ticket readers need the zoo
 
-    model = get_model(ticket["model"], num_classes=ticket["num_classes"],
-                      in_channels=ticket["in_channels"], image_size=ticket["image_size"])
+    try:
+        model = get_model(ticket["model"], num_classes=ticket["num_classes"],
+                          in_channels=ticket["in_channels"], image_size=ticket["image_size"])
+    except ModelArgumentError as err:
+        raise UsageError(str(err)) from None
     try:
         model.load_state_dict(ticket_state_dict(ticket), strict=True)
     except RuntimeError as err:

@@ -16,8 +16,7 @@ from pathlib import Path
 
 from models import MODEL_NAMES
 
-from .core import schedules
-from .core.masking import DEATH_MODES, GROWTH_MODES, REDISTRIBUTION_MODES
+from .core import death, growth, redistribution, schedules
 from .core.schedules import DEATH_SCHEDULES, Schedule
 from .errors import OneLineArgumentParser, UsageError
 from .run_outputs import check_tensorboard
@@ -53,9 +52,9 @@ def add_sparse_args(parser: argparse.ArgumentParser) -> None:
                    help="per-layer density allocation; pruning = global magnitude pruning of the weights to --density "
                         "(main_PF.py always prunes its dense checkpoint)")
     g.add_argument("--erk-power-scale", type=float, default=1.0, help="ERK exponent (0 gives uniform)")
-    g.add_argument("--death", default="magnitude", choices=DEATH_MODES, help="which active weights die")
-    g.add_argument("--growth", default="gradient", choices=GROWTH_MODES, help="where weights regrow")
-    g.add_argument("--redistribution", default="none", choices=REDISTRIBUTION_MODES,
+    g.add_argument("--death", default="magnitude", choices=death.DEATH_RULES, help="which active weights die")
+    g.add_argument("--growth", default="gradient", choices=growth.GROWTH_RULES, help="where weights regrow")
+    g.add_argument("--redistribution", default="none", choices=redistribution.REDISTRIBUTION_RULES,
                    help="how the regrowth budget moves between layers")
     g.add_argument("--death-rate", type=float, default=0.5, help="p: fraction of active weights replaced per update")
     g.add_argument("--large-death-rate", type=float, default=0.8, help="q: EDST re-exploration rate between phases")

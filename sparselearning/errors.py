@@ -20,6 +20,10 @@ import sys
 import threading
 from typing import Callable, Iterator
 
+from .core.errors import MaskDesyncError
+
+__all__ = ["MaskDesyncError", "OneLineArgumentParser", "UsageError", "run_cli", "signals_deferred"]
+
 
 class UsageError(Exception):
     """Bad user input (flags, paths, files). The message names the problem and the fix."""
@@ -30,10 +34,6 @@ def _reports_errors() -> bool:
     dist = sys.modules.get("torch.distributed")
     joined = dist is not None and dist.is_available() and dist.is_initialized()
     return os.environ.get("LOCAL_RANK", "0") == "0" or joined
-
-
-class MaskDesyncError(RuntimeError):
-    """The sparse masks differ between data-parallel ranks (raised on every rank; exit code 1)."""
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):

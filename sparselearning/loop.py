@@ -167,7 +167,7 @@ def train_one_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.
             scaler.update()
         if flops is not None:
             if updated:
-                flops.add_step(x.shape[0], dense_grad=masking.growth_mode == "gradient")
+                flops.add_step(x.shape[0], dense_grad=masking.needs_dense_gradient)
                 flops.set_densities(masking.layer_densities())
             else:
                 flops.add_step(x.shape[0])

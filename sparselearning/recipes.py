@@ -1,4 +1,9 @@
-"""The parts of a CIFAR/MNIST run (main_individual.py, main_DST.py, main_EDST.py, main_PF.py) for the shared Run."""
+"""From flags to a RunPlan: the CIFAR/MNIST scripts (main_individual.py, main_DST.py, main_EDST.py, main_PF.py)
+and the settings every training script shares (``sparse_plan``, ``run_settings``, also used by ImageNet/main.py).
+
+``main(script, argv)`` is the one entry point of the four scripts: parse and check the flags, build the
+plan, run it.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,15 +11,30 @@ import argparse
 import torch
 from torch import nn
 
-from models import get_model
+from models import ModelArgumentError, get_model
 
 from . import checkpoint as ckpt
-from .cli import schedule_for
+from .cli import build_parser, parser_defaults, schedule_for, validate
+from .core.masking import MaskingConfig
 from .data import DatasetSpec, make_loaders
 from .errors import UsageError
 from .runfolder import run_folder
 from .loop import compiled_for_training, pick_device, speed_settings, to_channels_last
-from .train import DataSource, RunPlan
+from .train import DataSource, Run, RunPlan, SparsePlan, start_run
+
+
+def main(script: str, argv: list[str] | None = None) -> dict:
+    """main_<script>.py: parse the flags, check them, and run; returns the run's summary."""
+    args, defaults = parse(script, argv)
+    return start_run(Run(cifar_plan(script, args, defaults)))
+
+
+def parse(script: str, argv: list[str] | None) -> tuple[argparse.Namespace, dict]:
+    """main_<script>.py's flags, checked (UsageError on bad input), and the parser's defaults."""
+    parser = build_parser(script)
+    args = parser.parse_args(argv)
+    validate(script, args)
+    return args, parser_defaults(parser)
 
 
 def cifar_kind(script: str, args: argparse.Namespace) -> str:
@@ -30,6 +50,24 @@ def sparse_init_of(args: argparse.Namespace) -> dict:
     if args.sparse_init == "pruning":  # global magnitude pruning of the initial weights
         return {"sparse_init": "pruning", "pf_rate": 1 - args.density}
     return {"density": args.density, "sparse_init": args.sparse_init, "erk_power_scale": args.erk_power_scale}
+
+
+def sparse_plan(args: argparse.Namespace, init: dict, fixed_mask: bool) -> SparsePlan:
+    """The sparse-training flags every script shares, for masks that start as ``init`` (add_module's arguments)."""
+    masking = MaskingConfig(death_rate=args.death_rate, death_mode=args.death, growth_mode=args.growth,
+                            redistribution_mode=args.redistribution, death_rate_schedule=args.decay_schedule,
+                            final_death_rate=args.final_death_rate,
+                            update_frequency=None if fixed_mask else args.update_frequency,
+                            threshold=args.death_threshold, momentum_beta=args.momentum, seed=args.seed,
+                            fused_step=not args.no_fused_step)
+    return SparsePlan(init=init, masking=masking, stop_updates_frac=args.stop_updates_frac,
+                      reexplore_rate=args.large_death_rate)
+
+
+def run_settings(args: argparse.Namespace) -> dict:
+    """The RunPlan fields every script takes from its common flags (and the flags themselves)."""
+    return {"seed": args.seed, "batch_size": args.batch_size, "flags": dict(vars(args)), "resume": args.resume,
+            "overwrite": args.overwrite, "amp": args.amp, "tensorboard": args.tensorboard}
 
 
 def cifar_plan(script: str, args: argparse.Namespace, flag_defaults: dict) -> RunPlan:
@@ -48,8 +86,11 @@ def cifar_plan(script: str, args: argparse.Namespace, flag_defaults: dict) -> Ru
         return DataSource(spec, train, val, generator=gen)
 
     def model(spec: DatasetSpec) -> nn.Module:
-        net = get_model(args.model, num_classes=spec.num_classes, in_channels=spec.in_channels,
-                        image_size=spec.image_size)
+        try:
+            net = get_model(args.model, num_classes=spec.num_classes, in_channels=spec.in_channels,
+                            image_size=spec.image_size)
+        except ModelArgumentError as err:  # e.g. an architecture that needs larger images than the dataset's
+            raise UsageError(f"{err}; choose another --model or --data") from None
         return to_channels_last(net) if args.channels_last else net
 
     def optimizer(net: nn.Module) -> torch.optim.Optimizer:
@@ -58,18 +99,19 @@ def cifar_plan(script: str, args: argparse.Namespace, flag_defaults: dict) -> Ru
                                    nesterov=False)
         return torch.optim.Adam(net.parameters(), lr=args.lr, weight_decay=args.l2)
 
-    sparse_init = None
+    sparse = None
     if script == "PF":
-        sparse_init = {"sparse_init": "pruning", "pf_rate": args.PF_rate}
+        sparse = sparse_plan(args, {"sparse_init": "pruning", "pf_rate": args.PF_rate}, fixed_mask=True)
     elif args.sparse or script in ("DST", "EDST"):
-        sparse_init = sparse_init_of(args)
+        sparse = sparse_plan(args, sparse_init_of(args), fixed_mask=args.fix)
     fresh_note = None
     if script == "PF":
         fresh_note = (f"note: {run_dir} holds no last.pth yet: starting from the pretrained model {args.pretrained} "
                       f"(what --resume means in the paper's PF command)")
-    return RunPlan(program=f"main_{script}.py", script=script, kind=kind, dataset=args.data, run_dir=run_dir,
-                   schedule=schedule_for(script, args), device=device, data=data, model=model, optimizer=optimizer,
-                   sparse_init=sparse_init, fixed_mask=args.fix or script == "PF", numbered_tickets=script == "EDST",
+    return RunPlan(program=f"main_{script}.py", script=script, kind=kind, dataset=args.data, model_name=args.model,
+                   run_dir=run_dir, schedule=schedule_for(script, args), device=device, data=data, model=model,
+                   optimizer=optimizer, sparse=sparse, **run_settings(args), save_every=args.save_every,
+                   numbered_tickets=script == "EDST",
                    prepare_model=(lambda net, spec: load_pretrained(net, spec, args)) if script == "PF" else None,
                    wrap_model=compiled_for_training() if args.compile else None,
                    progress=not args.no_progress, flag_defaults=flag_defaults, fresh_resume_note=fresh_note)

@@ -7,11 +7,11 @@ overridden. ``start_run`` locks the run folder, checks it, builds data, model, o
 sparse) Masking; then for every epoch the Run sets the LR from the schedule, trains, validates,
 keeps the best-validation epoch of the current phase as a ticket, runs EDST's re-exploration when
 a phase ends, and saves an atomic resume checkpoint plus summary.json (rank 0 alone writes).
-The CIFAR scripts' parts are in ``cifar_plan``.
+The engine knows no command line: sparselearning.recipes builds the CIFAR scripts' plans from their
+flags, ImageNet/main.py its own.
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import math
@@ -26,8 +26,8 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from .core.distributed import World, mask_sync_hook
-from .core.flops import FlopsAccountant, dense_training_flops, profile_model
-from .core.masking import Masking
+from .core.flops import FlopsAccountant, FlopsProfile, dense_training_flops, profile_model
+from .core.masking import Masking, MaskingConfig
 from .core.schedules import Schedule
 from .data import DatasetSpec
 from .errors import MaskDesyncError, UsageError
@@ -58,6 +58,20 @@ class DataSource:
     summary: dict | None = None  # summary.json's "dataset" block
 
 
+@dataclass(frozen=True)
+class SparsePlan:
+    """How a sparse run's masks start and change."""
+
+    init: dict  # Masking.add_module arguments (density and allocation, or PF's pruning rate)
+    masking: MaskingConfig  # masking.update_frequency None: a fixed mask (no updates, no re-exploration)
+    stop_updates_frac: float = 0.0  # no periodic updates in this last fraction of every ticket phase
+    reexplore_rate: float = 0.8  # q: EDST's re-exploration between phases
+
+    @property
+    def fixed_mask(self) -> bool:
+        return self.masking.update_frequency is None
+
+
 @dataclass
 class RunPlan:
     """Everything that differs between runs, handed to the one Run."""
@@ -66,14 +80,22 @@ class RunPlan:
     script: str  # the resume checkpoint's "script" (a run resumes only its own script's checkpoints)
     kind: str  # dense | sparse | static | DST | EDST | PF
     dataset: str
+    model_name: str  # the models registry name, in tickets
     run_dir: Path
     schedule: Schedule
     device: torch.device
     data: Callable[[], DataSource]
     model: Callable[[DatasetSpec], nn.Module]
     optimizer: Callable[[nn.Module], torch.optim.Optimizer]
-    sparse_init: dict | None  # Masking.add_module arguments; None: dense
-    fixed_mask: bool = False
+    sparse: SparsePlan | None  # None: dense
+    seed: int  # model init and masks (the data order is the data source's)
+    batch_size: int  # per process
+    flags: dict  # the command line's flags: the resume fingerprint, summary.json and the tickets' "args"
+    resume: bool | str | None = None  # True: the run folder's last.pth; a path: that checkpoint
+    overwrite: bool = False  # replace the run in the folder
+    amp: bool = False
+    tensorboard: bool = False
+    save_every: int = 0  # epochs between snapshots (0: none)
     numbered_tickets: bool = False  # model_<k>.pth, else model.pth
     criterion: Callable = F.cross_entropy
     topk: tuple[int, ...] = (1,)  # accuracies kept per epoch
@@ -89,15 +111,49 @@ class RunPlan:
     ticket_meta: dict = field(default_factory=dict)
 
 
-class Run:
-    """State and steps of one training run: flags plus a RunPlan."""
+@dataclass
+class Built:
+    """The parts of a run that ``Run.build`` makes: data, model, optimizer, masks, FLOPs counting, precision."""
 
-    def __init__(self, args: argparse.Namespace, plan: RunPlan):
-        self.args, self.plan = args, plan
+    data: DataSource
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    masking: Masking | None
+    profile: FlopsProfile
+    flops: FlopsAccountant
+    autocast: Callable
+    scaler: torch.amp.GradScaler | None
+    loader_generator: torch.Generator  # the training order's RNG, saved for --resume
+    net: nn.Module  # what trains: the model, or its DistributedDataParallel/compiled wrapper (Run.connect)
+
+    @property
+    def train_loader(self):
+        return self.data.train
+
+    @property
+    def val_loader(self):
+        return self.data.val
+
+    @property
+    def spec(self) -> DatasetSpec:
+        return self.data.spec
+
+
+class Run:
+    """State and steps of one training run, configured by a RunPlan."""
+
+    def __init__(self, plan: RunPlan):
+        self.plan = plan
         self.run_dir, self.world, self.schedule, self.device = plan.run_dir, plan.world, plan.schedule, plan.device
         self.total_epochs = plan.schedule.epochs
-        self.flags = dict(vars(args))
+        self.flags = dict(plan.flags)
         self.kind = plan.kind
+        self.parts: Built | None = None  # build()
+        self.epoch = 0
+        self.best: dict[int, float] = {}  # per ticket phase: the best validation score so far
+        self.tickets: dict[int, dict] = {}
+        self.history: list[dict] = []
+        self.elapsed = 0.0
         self.writing = False  # rank 0, once start_run holds the run folder
         self.provenance: dict | None = None  # command, versions, device, git commit, host (summary.json)
         self.tensorboard: TensorBoardLog | None = None
@@ -113,13 +169,13 @@ class Run:
         A checkpoint to resume from is loaded and checked now (kept for restore), so a bad one
         fails before anything is built.
         """
-        args, last = self.args, self.run_dir / "last.pth"
-        if isinstance(args.resume, str):
-            path = Path(args.resume)
+        resume, last = self.plan.resume, self.run_dir / "last.pth"
+        if isinstance(resume, str):
+            path = Path(resume)
             ckpt.refuse_special_file(path, "--resume")
             if not path.is_file():
                 raise UsageError(f"--resume {path}: no such checkpoint; give the run's last.pth or plain --resume")
-        elif args.resume:
+        elif resume:
             ckpt.refuse_special_file(last, "the run's checkpoint")
             if not last.is_file():
                 self.note(self.plan.fresh_resume_note or f"note: nothing to resume in {self.run_dir}; starting a "
@@ -128,73 +184,62 @@ class Run:
             path = last
         else:
             existing = [p.name for p in (last, self.run_dir / "summary.json") if p.exists()]
-            if existing and not args.overwrite:
+            if existing and not self.plan.overwrite:
                 raise UsageError(f"{self.run_dir} already holds a run ({', '.join(existing)}); continue it with "
                                  f"--resume, replace it with --overwrite, or choose another --output-dir/--seed")
             return None
         self._resume_cache = (path, file_id(path), self.load_resume(path))
         return path
 
-    def build(self) -> None:
-        args, plan = self.args, self.plan
-        self.data = plan.data()
-        self.spec = self.data.spec
-        self.train_loader, self.val_loader = self.data.train, self.data.val
-        self.loader_generator = self.data.generator or torch.Generator()
-        torch.manual_seed(args.seed)
-        self.model = plan.model(self.spec).to(self.device)
+    def build(self) -> Built:
+        """Data, model (seeded), optimizer, masks, FLOPs profile, precision: held in ``self.parts``."""
+        plan = self.plan
+        data = plan.data()
+        torch.manual_seed(plan.seed)
+        model = plan.model(data.spec).to(self.device)
         if plan.prepare_model is not None:
-            plan.prepare_model(self.model, self.spec)
-        self.optimizer = plan.optimizer(self.model)
-        self.masking = None
-        if plan.sparse_init is not None:
-            steps_per_epoch = len(self.train_loader)
-            self.masking = Masking(self.optimizer, death_rate=args.death_rate, death_mode=args.death,
-                                   growth_mode=args.growth, redistribution_mode=args.redistribution,
-                                   death_rate_schedule=args.decay_schedule,
-                                   total_steps=steps_per_epoch * self.total_epochs,
-                                   final_death_rate=args.final_death_rate,
-                                   update_frequency=None if plan.fixed_mask else args.update_frequency,
-                                   threshold=args.death_threshold, momentum_beta=args.momentum,
-                                   seed=args.seed,  # the same on every rank: every rank draws the same masks
-                                   fused_step=not getattr(args, "no_fused_step", False),
-                                   death_rate_restarts=self.schedule.death_rate_restarts(steps_per_epoch),
-                                   no_update_windows=self.schedule.update_free_windows(
-                                       steps_per_epoch, args.stop_updates_frac))
-            self.masking.add_module(self.model, **plan.sparse_init)
-        shape = (self.spec.in_channels, self.spec.image_size, self.spec.image_size)
-        self.profile = profile_model(self.model, shape, list(self.masking.masks) if self.masking else None)
-        self.flops = FlopsAccountant(self.profile, self.masking.layer_densities() if self.masking else {},
-                                     self.world.size)
-        self.autocast, self.scaler = autocast_context(self.device, args.amp)
-        if args.amp and self.device.type != "cuda":
+            plan.prepare_model(model, data.spec)
+        optimizer = plan.optimizer(model)
+        masking = None
+        if plan.sparse is not None:
+            masking = self.make_masking(optimizer, plan.sparse, len(data.train))
+            masking.add_module(model, **plan.sparse.init)
+        shape = (data.spec.in_channels, data.spec.image_size, data.spec.image_size)
+        profile = profile_model(model, shape, list(masking.masks) if masking else None)
+        flops = FlopsAccountant(profile, masking.layer_densities() if masking else {}, self.world.size)
+        autocast, scaler = autocast_context(self.device, plan.amp)
+        if plan.amp and self.device.type != "cuda":
             self.note("note: --amp applies on CUDA only; training in float32 on the CPU")
-        self.net = self.model  # what trains: the model, or its DistributedDataParallel wrapper (connect)
-        self.epoch = 0
-        self.best: dict[int, float] = {}
-        self.tickets: dict[int, dict] = {}
-        self.history: list[dict] = []
-        self.elapsed = 0.0
+        self.parts = Built(data=data, model=model, optimizer=optimizer, masking=masking, profile=profile,
+                           flops=flops, autocast=autocast, scaler=scaler,
+                           loader_generator=data.generator or torch.Generator(), net=model)
+        return self.parts
+
+    def make_masking(self, optimizer: torch.optim.Optimizer, sparse: SparsePlan, steps_per_epoch: int) -> Masking:
+        """The run's Masking: its flags' settings plus the schedule's steps (length, phase restarts, quiet ends)."""
+        return Masking(optimizer, **sparse.masking.kwargs(), total_steps=steps_per_epoch * self.total_epochs,
+                       death_rate_restarts=self.schedule.death_rate_restarts(steps_per_epoch),
+                       no_update_windows=self.schedule.update_free_windows(steps_per_epoch, sparse.stop_updates_frac))
 
     def connect(self) -> None:
         """Join the data-parallel ranks (plan.wrap_model), check they agree, then rank 0's masks everywhere,
         checked by an all-reduced checksum now and after every topology update."""
         if self.plan.wrap_model is not None:
-            self.net = self.plan.wrap_model(self.model)
+            self.parts.net = self.plan.wrap_model(self.parts.model)
         if self.world.size == 1:
             return
-        mine = [self.epoch, self.masking.steps if self.masking else 0, *self.data.counts]
+        mine = [self.epoch, self.parts.masking.steps if self.parts.masking else 0, *self.parts.data.counts]
         if not self.world.agree(mine):
             raise UsageError(f"the processes disagree on (epoch, step, train images, classes, val images): rank "
                              f"{self.world.rank} has {mine}; every node must see the same data root and, for "
                              f"--resume, the same run folder (a shared filesystem)")
-        if self.masking is not None:
-            self.masking.broadcast_masks(src=0)
+        if self.parts.masking is not None:
+            self.parts.masking.broadcast_masks(src=0)
             check = mask_sync_hook(lambda event, checksum: self.log(
                 f"{event}: masks identical on {self.world.size} rank(s), checksum {checksum}, density "
-                f"{self.masking.density():.4f}"))
-            check(self.masking, "initial masks")
-            self.masking.add_update_hook(check)
+                f"{self.parts.masking.density():.4f}"))
+            check(self.parts.masking, "initial masks")
+            self.parts.masking.add_update_hook(check)
 
     # -- persistence
     def fingerprint(self) -> dict:
@@ -214,14 +259,14 @@ class Run:
     def resume_state(self) -> dict:
         return {
             "format": ckpt.RESUME_FORMAT, "script": self.plan.script, "flags": self.fingerprint(), "epoch": self.epoch,
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "masking": self.masking.state_dict() if self.masking else None,
-            "scaler": self.scaler.state_dict() if self.scaler else None,
-            "rng": {"torch": torch.get_rng_state(), "loader": self.loader_generator.get_state(),
+            "model": self.parts.model.state_dict(), "optimizer": self.parts.optimizer.state_dict(),
+            "masking": self.parts.masking.state_dict() if self.parts.masking else None,
+            "scaler": self.parts.scaler.state_dict() if self.parts.scaler else None,
+            "rng": {"torch": torch.get_rng_state(), "loader": self.parts.loader_generator.get_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
             "best": {str(k): v for k, v in self.best.items()},
             "tickets": {str(k): v for k, v in self.tickets.items()},
-            "history": self.history, "flops": self.flops.state_dict(), "elapsed": self.elapsed,
+            "history": self.history, "flops": self.parts.flops.state_dict(), "elapsed": self.elapsed,
         }
 
     def load_resume(self, path: Path) -> dict:
@@ -244,24 +289,24 @@ class Run:
         else:
             state = self.load_resume(path)
         try:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            if self.masking:
-                self.masking.load_state_dict(state["masking"])
+            self.parts.model.load_state_dict(state["model"])
+            self.parts.optimizer.load_state_dict(state["optimizer"])
+            if self.parts.masking:
+                self.parts.masking.load_state_dict(state["masking"])
         except (RuntimeError, ValueError, KeyError) as err:
             raise UsageError(f"{path} does not match this model ({str(err).splitlines()[0][:100]}); "
                              f"use --overwrite to start over") from None
-        if self.scaler and state["scaler"]:
-            self.scaler.load_state_dict(state["scaler"])
+        if self.parts.scaler and state["scaler"]:
+            self.parts.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"]["torch"])
-        self.loader_generator.set_state(state["rng"]["loader"])
+        self.parts.loader_generator.set_state(state["rng"]["loader"])
         if state["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.epoch = int(state["epoch"])
         self.best = {int(k): v for k, v in state["best"].items()}
         self.tickets = {int(k): v for k, v in state["tickets"].items()}
         self.history = list(state["history"])
-        self.flops.load_state_dict(state["flops"])
+        self.parts.flops.load_state_dict(state["flops"])
         self.elapsed = float(state["elapsed"])
         self.note(f"resumed {self.run_dir} after epoch {self.epoch}")
 
@@ -273,40 +318,41 @@ class Run:
             old.unlink(missing_ok=True)
 
     def ticket_meta(self, phase: int, val: dict, role: str = "ticket") -> dict:
+        spec = self.parts.spec
         return {
-            "model": self.args.model, "num_classes": self.spec.num_classes, "in_channels": self.spec.in_channels,
-            "image_size": self.spec.image_size, "dataset": self.plan.dataset,
-            "normalization": {"mean": list(self.spec.mean), "std": list(self.spec.std)},
+            "model": self.plan.model_name, "num_classes": spec.num_classes, "in_channels": spec.in_channels,
+            "image_size": spec.image_size, "dataset": self.plan.dataset,
+            "normalization": {"mean": list(spec.mean), "std": list(spec.std)},
             "args": {k: v for k, v in self.flags.items() if isinstance(v, (str, int, float, bool, type(None)))},
-            "kind": self.kind, "seed": self.args.seed, "epoch": self.epoch, "ticket_index": phase, "role": role,
+            "kind": self.kind, "seed": self.plan.seed, "epoch": self.epoch, "ticket_index": phase, "role": role,
             "val_acc": val.get("acc"), "val_loss": val.get("loss"), **self._topk(val),
-            "density": self.masking.density() if self.masking else 1.0,
-            **self.data.ticket_meta, **self.plan.ticket_meta,
+            "density": self.parts.masking.density() if self.parts.masking else 1.0,
+            **self.parts.data.ticket_meta, **self.plan.ticket_meta,
         }
 
     def _topk(self, val: dict) -> dict:
         return {f"val_top{k}": val.get(f"top{k}") for k in self.plan.topk if k != 1}
 
     def save_ticket(self, phase: int, val: dict) -> None:
-        name = self.ticket_name(phase)
+        name, masking = self.ticket_name(phase), self.parts.masking
         if self.writing:
-            ticket = ckpt.build_ticket(self.model, self.masking.masks if self.masking else None,
+            ticket = ckpt.build_ticket(self.parts.model, masking.masks if masking else None,
                                        self.ticket_meta(phase, val))
             ckpt.atomic_save(ticket, self.run_dir / name)
         self.tickets[phase] = {"file": name, "ticket_index": phase, "epoch": self.epoch, "val_acc": val.get("acc"),
                                "val_loss": val.get("loss"),
-                               "active_weights": self.masking.num_active() if self.masking else self.num_params(),
-                               "density": self.masking.density() if self.masking else 1.0, **self._topk(val)}
+                               "active_weights": masking.num_active() if masking else self.num_params(),
+                               "density": masking.density() if masking else 1.0, **self._topk(val)}
 
     def num_params(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
+        return sum(p.numel() for p in self.parts.model.parameters())
 
     def summary(self, status: str) -> dict:
-        dense_ref = dense_training_flops(self.profile, self.train_loader.num_samples)
-        same_epochs = dense_training_flops(self.profile, self.train_loader.num_samples, self.total_epochs)
+        dense_ref = dense_training_flops(self.parts.profile, self.parts.train_loader.num_samples)
+        same_epochs = dense_training_flops(self.parts.profile, self.parts.train_loader.num_samples, self.total_epochs)
         n_all = self.num_params()
-        n_sparse_total = self.masking.num_total() if self.masking else 0
-        active = (n_all - n_sparse_total + self.masking.num_active()) if self.masking else n_all
+        n_sparse_total = self.parts.masking.num_total() if self.parts.masking else 0
+        active = (n_all - n_sparse_total + self.parts.masking.num_active()) if self.parts.masking else n_all
         backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else None
         return {
             "script": self.plan.program, "kind": self.kind, "status": status, "flags": self.flags,
@@ -314,15 +360,15 @@ class Run:
             "epochs_done": self.epoch,
             "epochs_total": self.total_epochs, "schedule": self.schedule.describe(),
             "parameters": {"total": n_all, "active": active, "density": active / n_all},
-            "training_flops": self.flops.total,
-            "training_flops_relative_to_dense_250_epochs": self.flops.total / dense_ref,
-            "training_flops_relative_to_dense_same_epochs": self.flops.total / same_epochs,
-            "dense_forward_flops_per_sample": self.profile.dense,
-            "sparse_forward_flops_per_sample": self.profile.sparse(self.flops.densities),
+            "training_flops": self.parts.flops.total,
+            "training_flops_relative_to_dense_250_epochs": self.parts.flops.total / dense_ref,
+            "training_flops_relative_to_dense_same_epochs": self.parts.flops.total / same_epochs,
+            "dense_forward_flops_per_sample": self.parts.profile.dense,
+            "sparse_forward_flops_per_sample": self.parts.profile.sparse(self.parts.flops.densities),
             "distributed": {"world_size": self.world.size, "backend": backend,
-                            "batch_size_per_process": self.args.batch_size,
-                            "global_batch_size": self.args.batch_size * self.world.size},
-            **({"dataset": self.data.summary} if self.data.summary else {}),
+                            "batch_size_per_process": self.plan.batch_size,
+                            "global_batch_size": self.plan.batch_size * self.world.size},
+            **({"dataset": self.parts.data.summary} if self.parts.data.summary else {}),
             "tickets": [self.tickets[k] for k in sorted(self.tickets)],
             "history": self.history, "elapsed_seconds": self.elapsed,
         }
@@ -349,15 +395,16 @@ class Run:
         while self.epoch < self.total_epochs:
             epoch = self.epoch + 1
             lr = self.schedule.lr(epoch)
-            for group in self.optimizer.param_groups:
+            for group in self.parts.optimizer.param_groups:
                 group["lr"] = lr
-            if self.data.start_epoch is not None:
-                self.data.start_epoch(epoch)
+            if self.parts.data.start_epoch is not None:
+                self.parts.data.start_epoch(epoch)
             start = time.time()
-            stats = train_one_epoch(self.net, self.train_loader, self.optimizer, self.masking, self.flops,
-                                    autocast=self.autocast, scaler=self.scaler, criterion=self.plan.criterion,
+            p = self.parts
+            stats = train_one_epoch(p.net, p.train_loader, p.optimizer, p.masking, p.flops,
+                                    autocast=p.autocast, scaler=p.scaler, criterion=self.plan.criterion,
                                     **self.step_hooks(epoch, lr), epoch=epoch, progress=self.plan.progress,
-                                    desc=f"epoch {epoch}/{self.total_epochs}", total=len(self.train_loader))
+                                    desc=f"epoch {epoch}/{self.total_epochs}", total=len(self.parts.train_loader))
             self.epoch = epoch
             self.end_of_epoch(epoch, stats)
             self.elapsed += time.time() - start
@@ -371,27 +418,27 @@ class Run:
     def write_curves(self) -> None:
         """curves.png from the per-epoch history (loss, accuracy, LR, density, exploration; phases marked)."""
         if self.writing:
-            density = f"density {fmt_density(self.masking.density())}" if self.masking else "dense"
+            density = f"density {fmt_density(self.parts.masking.density())}" if self.parts.masking else "dense"
             plot_curves(self.history, self.run_dir / CURVES_PNG,
-                        title=curves_title(self.kind, self.args.model, self.plan.dataset, density),
+                        title=curves_title(self.kind, self.plan.model_name, self.plan.dataset, density),
                         reexplore_after=self.schedule.reexplore_epochs)
 
     def step_hooks(self, epoch: int, lr: float) -> dict:
         """Per-iteration warm-up of the LR, and the running training loss every plan.log_every iterations."""
-        hooks, n, every = {}, len(self.train_loader), self.plan.log_every
+        hooks, n, every = {}, len(self.parts.train_loader), self.plan.log_every
         warm = epoch <= self.schedule.warmup
         window = {"sum": None, "count": 0, "clock": time.time()}
 
         def before_step(i: int) -> None:
             if warm:
-                for group in self.optimizer.param_groups:
+                for group in self.parts.optimizer.param_groups:
                     group["lr"] = lr * self.schedule.warmup_fraction(epoch, i, n)
             if every and i > 0 and i % every == 0 and self.world.is_main:
                 now, mean = time.time(), float(window["sum"]) / window["count"]
-                rate = every * self.args.batch_size * self.world.size / max(now - window["clock"], 1e-9)
+                rate = every * self.plan.batch_size * self.world.size / max(now - window["clock"], 1e-9)
                 window.update(sum=None, count=0, clock=now)
                 self.log(f"epoch {epoch}/{self.total_epochs} [{i}/{n}] loss {mean:.4f} "
-                         f"lr {self.optimizer.param_groups[0]['lr']:.4g} | {rate:.1f} images/s")
+                         f"lr {self.parts.optimizer.param_groups[0]['lr']:.4g} | {rate:.1f} images/s")
 
         def after_step(i: int, loss: torch.Tensor) -> None:
             window["sum"] = loss.float() if window["sum"] is None else window["sum"] + loss.float()
@@ -405,10 +452,11 @@ class Run:
 
     def validate(self) -> dict:
         """Validation metrics of the model over the whole val split (every rank its shard, summed)."""
-        if not self.val_loader:
+        if not self.parts.val_loader:
             return {}
-        self.world.broadcast_buffers(self.model)  # rank 0's BatchNorm statistics: exactly the model saved
-        return evaluate_model(self.model, self.val_loader, autocast=self.autocast, topk=self.plan.topk,
+        self.world.broadcast_buffers(self.parts.model)  # rank 0's BatchNorm statistics: exactly the model saved
+        return evaluate_model(self.parts.model, self.parts.val_loader, autocast=self.parts.autocast,
+                              topk=self.plan.topk,
                               all_sum=self.world.all_sum if self.world.size > 1 else None)
 
     def end_of_epoch(self, epoch: int, train_stats: dict) -> None:
@@ -426,24 +474,25 @@ class Run:
                 self.best[phase] = score
                 self.save_ticket(phase, val)
         event = ""
-        if self.schedule.reexplore_after(epoch) and self.masking and not self.args.fix:
+        if self.schedule.reexplore_after(epoch) and self.parts.masking and not self.plan.sparse.fixed_mask:
             batch = train_stats["last_batch"]
-            dense_gradients(self.net, batch, autocast=self.autocast, criterion=self.plan.criterion, scaler=self.scaler)
-            removed = self.masking.reexplore(self.args.large_death_rate)
-            self.flops.add_dense_gradient_batch(batch[0].shape[0])
-            self.flops.set_densities(self.masking.layer_densities())
-            event = f" | re-exploration q={self.args.large_death_rate}: {sum(removed.values())} weights replaced"
-        row = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
+            dense_gradients(self.parts.net, batch, autocast=self.parts.autocast, criterion=self.plan.criterion,
+                            scaler=self.parts.scaler)
+            removed = self.parts.masking.reexplore(self.plan.sparse.reexplore_rate)
+            self.parts.flops.add_dense_gradient_batch(batch[0].shape[0])
+            self.parts.flops.set_densities(self.parts.masking.layer_densities())
+            event = f" | re-exploration q={self.plan.sparse.reexplore_rate}: {sum(removed.values())} weights replaced"
+        row = {"epoch": epoch, "lr": self.parts.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
                "train_acc": train_acc, "val_loss": val.get("loss"), "val_acc": val.get("acc"), **self._topk(val),
-               "phase": phase, "density": self.masking.density() if self.masking else 1.0,
-               "exploration_rate": self.masking.exploration_rate() if self.masking else None,
-               "training_flops": self.flops.total}
+               "phase": phase, "density": self.parts.masking.density() if self.parts.masking else 1.0,
+               "exploration_rate": self.parts.masking.exploration_rate() if self.parts.masking else None,
+               "training_flops": self.parts.flops.total}
         self.history.append(row)
         if self.tensorboard is not None:
             self.tensorboard.log_epoch(row)
-        save_every = getattr(self.args, "save_every", 0)
+        save_every = self.plan.save_every
         if save_every and epoch % save_every == 0 and self.writing:
-            snap = ckpt.build_ticket(self.model, self.masking.masks if self.masking else None,
+            snap = ckpt.build_ticket(self.parts.model, self.parts.masking.masks if self.parts.masking else None,
                                      self.ticket_meta(phase, val, role="snapshot"))
             ckpt.atomic_save(snap, self.run_dir / "snapshots" / f"epoch_{epoch}.pth")
         val_txt = "no validation split"
@@ -452,7 +501,7 @@ class Run:
                 f" top{k} {val[f'top{k}']:.4f}" for k in self.plan.topk if k != 1)
             if self.world.size > 1:
                 val_txt += f" ({val['images']} images)"
-        extra = f" density {row['density']:.4f} explored {row['exploration_rate']:.4f}" if self.masking else ""
+        extra = f" density {row['density']:.4f} explored {row['exploration_rate']:.4f}" if self.parts.masking else ""
         self.log(f"epoch {epoch}/{self.total_epochs} lr {row['lr']:.4g} | train loss {train_loss:.4f} "
                  f"acc {train_acc:.4f} | {val_txt} |{extra} {event}".rstrip())
 
@@ -477,7 +526,7 @@ def start_run(run: Run) -> dict:
         run.build()  # loads data and the pretrained model: bad input fails here
         if resume_from is not None:
             run.restore(resume_from)
-        elif run.args.overwrite and run.world.is_main:
+        elif run.plan.overwrite and run.world.is_main:
             run.remove_old_run()
         lock.keep()
         run.writing = run.world.is_main
@@ -494,7 +543,7 @@ def train_reporting_errors(run: Run) -> dict:
                 f"{run.device}{run.plan.start_note}: {changed} (all flags in summary.json)")
         run.provenance = provenance(device=run.device)
         run.write_summary("running")
-        if run.writing and run.args.tensorboard:
+        if run.writing and run.plan.tensorboard:
             run.tensorboard = TensorBoardLog(run.run_dir / TENSORBOARD_DIR)
         return run.train()
     except KeyboardInterrupt as err:  # SIGINT, or SIGTERM through errors.run_cli
@@ -514,14 +563,3 @@ def train_reporting_errors(run: Run) -> dict:
     finally:
         if run.tensorboard is not None:
             run.tensorboard.close()
-
-
-def main(script: str, argv: list[str] | None = None) -> dict:
-    """Parse flags, check them, and run; the only thing the four CIFAR entry scripts call."""
-    from .cli import build_parser, parser_defaults, validate
-    from .recipes import cifar_plan
-
-    parser = build_parser(script)
-    args = parser.parse_args(argv)
-    validate(script, args)
-    return start_run(Run(args, cifar_plan(script, args, parser_defaults(parser))))

@@ -350,7 +350,7 @@ def run_cli_captured(main, argv, capsys) -> tuple[int, str, str]:
 
 # ------------------------------------------------------------------ many short script runs
 # What every entry script imports; a forked child finds them loaded (torch alone takes 2-3 s to import here).
-SCRIPT_PRELOAD = ("torch", "torchvision", "matplotlib.pyplot", "sparselearning.train", "sparselearning.evaluation.cli",
+SCRIPT_PRELOAD = ("torch", "torchvision", "matplotlib.pyplot", "sparselearning.recipes", "sparselearning.evaluation.cli",
                   "sparselearning.data.imagenet")
 
 

@@ -26,7 +26,7 @@ from helpers import (REPO, ScriptForks, assert_one_line_error, tree_state, write
                       write_imagefolder)
 from models import get_model
 from sparselearning import checkpoint as ckpt
-from sparselearning.train import main as train_main
+from sparselearning.recipes import main as train_main
 
 pytestmark = pytest.mark.slow  # end-to-end: real training/evaluation processes
 

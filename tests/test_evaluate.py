@@ -556,7 +556,7 @@ def test_cli_subprocess_bad_inputs(world, tmp_path):
 def test_tickets_from_the_training_engine(tmp_path, capsys):
     """An EDST run of the real training engine (M=2, snapshots every epoch), evaluated in its own layout."""
     from helpers import write_fashion_mnist
-    from sparselearning.train import main as train_main
+    from sparselearning.recipes import main as train_main
 
     data = write_fashion_mnist(tmp_path / "data")
     train_main("EDST", ["--sparse", "--nolrsche", "--epochs", "3", "--epochs-explo", "1", "--model-num", "2",

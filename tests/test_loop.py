@@ -17,8 +17,8 @@ from sparselearning.cli import build_parser, parser_defaults, validate
 from sparselearning.core import Masking
 from sparselearning.loop import (NonFiniteLossError, compiled_for_training, dense_gradients, evaluate_model,
                                  speed_settings, to_channels_last, train_one_epoch)
-from sparselearning.recipes import cifar_plan
-from sparselearning.train import Run, main, start_run
+from sparselearning.recipes import cifar_plan, main
+from sparselearning.train import Run, start_run
 
 SYNCS = ("item", "cpu", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__")
 
@@ -275,8 +275,8 @@ def test_speed_flags_are_no_resume_difference(script, tmp_path):
     for a in (plain, fast):
         validate(script, a)
     assert fast.channels_last and fast.compile and fast.no_tf32
-    saved = Run(plain, cifar_plan(script, plain, parser_defaults(parser))).fingerprint()
-    run = Run(fast, cifar_plan(script, fast, parser_defaults(parser)))
+    saved = Run(cifar_plan(script, plain, parser_defaults(parser))).fingerprint()
+    run = Run(cifar_plan(script, fast, parser_defaults(parser)))
     assert run.fingerprint_differences(saved) == []
     assert run.plan.wrap_model is not None  # --compile compiles the training module
 
@@ -336,10 +336,10 @@ def test_compiled_run_saves_plain_tickets_with_the_same_numbers(tmp_path):
         plan = cifar_plan("DST", args, parser_defaults(parser))
         if args.compile:  # the eager backend: torch.compile's graph capture without a C++ build
             plan = dataclasses.replace(plan, wrap_model=compiled_for_training(backend="eager"))
-        run = Run(args, plan)
+        run = Run(plan)
         runs[name] = (start_run(run), run)
     (plain, _), (compiled, run), (both, _) = runs["plain"], runs["compiled"], runs["both"]
-    assert type(run.net.compiled).__name__ == "OptimizedModule"  # inside the dynamic-batch wrapper
+    assert type(run.parts.net.compiled).__name__ == "OptimizedModule"  # inside the dynamic-batch wrapper
     assert compiled["history"] == plain["history"]  # the eager backend runs the same kernels
     folder = run.run_dir
     ticket = ckpt.load_ticket(folder / "model.pth")

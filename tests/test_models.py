@@ -6,8 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models import MODEL_NAMES, get_model
-from sparselearning.errors import UsageError
+from models import MODEL_NAMES, ModelArgumentError, get_model
 
 EXPECTED_NAMES = {
     "MLPCIFAR10", "lenet5", "lenet300-100", "alexnet-s", "alexnet-b", "vgg-c", "vgg-d", "vgg-like",
@@ -39,7 +38,7 @@ def test_registry_names_sorted_and_complete():
 
 
 def test_unknown_name_raises_one_line_usage_error():
-    with pytest.raises(UsageError) as info:
+    with pytest.raises(ModelArgumentError) as info:
         get_model("foo", num_classes=10)
     msg = str(info.value)
     assert "\n" not in msg
@@ -54,13 +53,13 @@ def test_unknown_name_raises_one_line_usage_error():
                                     dict(num_classes=10, image_size=12, name="lenet5")])
 def test_bad_arguments_raise_usage_error(kwargs):
     name = kwargs.pop("name", "cnn-small")
-    with pytest.raises(UsageError) as info:
+    with pytest.raises(ModelArgumentError) as info:
         get_model(name, **kwargs)
     assert "\n" not in str(info.value)
 
 
 def test_drop_rate_only_for_wrn():
-    with pytest.raises(UsageError, match="WideResNet"):
+    with pytest.raises(ModelArgumentError, match="WideResNet"):
         get_model("resnet18", 10, drop_rate=0.3)
     model = get_model("wrn-16-8", 10, drop_rate=0.3)
     x = torch.randn(2, 3, 32, 32)

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from helpers import write_fashion_mnist
-from sparselearning.train import main
+from sparselearning.recipes import main
 
 pytestmark = pytest.mark.slow  # end-to-end: real training/evaluation processes
 

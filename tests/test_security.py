@@ -25,7 +25,7 @@ from helpers import (REPO, Exec, ScriptForks, Shell, assert_one_line_error, tree
                      write_imagefolder)
 from sparselearning import checkpoint as ckpt
 from sparselearning.errors import UsageError
-from sparselearning.train import main as train_main
+from sparselearning.recipes import main as train_main
 
 pytestmark = pytest.mark.slow  # end-to-end: real training/evaluation processes
 

@@ -21,7 +21,7 @@ import pytest
 from helpers import REPO, Proc, assert_same_run, write_fashion_mnist
 from sparselearning import checkpoint as ckpt
 from sparselearning import errors
-from sparselearning.train import main as train_main
+from sparselearning.recipes import main as train_main
 
 pytestmark = pytest.mark.slow  # end-to-end: real training/evaluation processes
 

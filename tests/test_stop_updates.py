@@ -12,8 +12,8 @@ from sparselearning.cli import build_parser, common_parser, parser_defaults, val
 from sparselearning.core.masking import Masking
 from sparselearning.core.schedules import Schedule, edst_schedule, factor_schedule, step_schedule
 from sparselearning.errors import UsageError
-from sparselearning.recipes import cifar_plan
-from sparselearning.train import Run, main, start_run
+from sparselearning.recipes import cifar_plan, main
+from sparselearning.train import Run, start_run
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -107,7 +107,7 @@ def test_checkpoint_from_before_the_flag_resumes(fmnist_dir, tmp_path):
     parser = build_parser("DST")
     args = parser.parse_args(argv)
     validate("DST", args)
-    run = Run(args, cifar_plan("DST", args, parser_defaults(parser)))
+    run = Run(cifar_plan("DST", args, parser_defaults(parser)))
     run.total_epochs = 1  # stop after the first epoch, as if interrupted there
     start_run(run)
     last = run.run_dir / "last.pth"

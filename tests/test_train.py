@@ -9,8 +9,8 @@ from helpers import run_script, write_cifar10
 from sparselearning import checkpoint as ckpt
 from sparselearning.core.schedules import edst_schedule
 from sparselearning.cli import build_parser, parser_defaults, validate
-from sparselearning.recipes import cifar_plan
-from sparselearning.train import Run, main
+from sparselearning.recipes import cifar_plan, main
+from sparselearning.train import Run
 
 pytestmark = pytest.mark.slow  # end-to-end: real training/evaluation processes
 
@@ -135,7 +135,7 @@ def test_resume_fingerprint_ignores_flags_newer_than_the_checkpoint(tmp_path):
     parser = build_parser("DST")
     args = parser.parse_args(["--model", "cnn-small", "--sparse", "--output-dir", str(tmp_path)])
     validate("DST", args)
-    run = Run(args, cifar_plan("DST", args, parser_defaults(parser)))
+    run = Run(cifar_plan("DST", args, parser_defaults(parser)))
     saved = run.fingerprint()
     assert run.fingerprint_differences(saved) == []
     older = {k: v for k, v in saved.items() if k != "erk_power_scale"}  # written before the flag existed

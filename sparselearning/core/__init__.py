@@ -5,6 +5,6 @@ redistribution, schedules, exact top-k selection); ``flops`` counts training FLO
 ``distributed`` keeps masks identical across DDP ranks. Nothing here knows about runs, files,
 datasets or command lines: that is the experiment harness around it (the rest of ``sparselearning``).
 """
-from .masking import Masking
+from .masking import Masking, MaskingConfig
 
-__all__ = ["Masking"]
+__all__ = ["Masking", "MaskingConfig"]

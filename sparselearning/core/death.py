@@ -3,11 +3,14 @@
 Each rule maps (weights, mask, count) to a new bool mask with exactly `n_remove` fewer active
 entries (the threshold rule removes however many fall under its threshold). Ties are broken by
 torch.topk, deterministically for a given input.
+
+``DEATH_RULES`` names them for Masking and the --death flag: a new mode is one function and one
+entry there (a layer-wise rule of the shape above through ``per_layer``).
 """
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 
@@ -66,3 +69,31 @@ def global_magnitude_death(weights: Mapping[str, torch.Tensor], masks: Mapping[s
         out[n] = m & ~removed[offset:offset + m.numel()].view_as(m).to(m.device)
         offset += m.numel()
     return out
+
+
+# (weights, masks, active counts, death rate, |w| threshold) of the updatable layers -> their masks after death
+DeathRule = Callable[[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor], Mapping[str, int], float, float],
+                     dict[str, torch.Tensor]]
+
+
+def per_layer(rule: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]) -> DeathRule:
+    """A layer-wise rule (weight, mask, n_remove) as a DeathRule: every layer loses ceil(rate x its active count)."""
+    def layerwise(weights, masks, active, rate, threshold):
+        return {n: rule(weights[n], masks[n], num_to_remove(active[n], rate)) for n in weights}
+    return layerwise
+
+
+def _threshold(weights, masks, active, rate, threshold):
+    return {n: threshold_death(weights[n], masks[n], threshold) for n in weights}
+
+
+def _global_magnitude(weights, masks, active, rate, threshold):
+    return global_magnitude_death(weights, masks, sum(num_to_remove(active[n], rate) for n in weights))
+
+
+DEATH_RULES: dict[str, DeathRule] = {
+    "magnitude": per_layer(magnitude_death),
+    "SET": per_layer(set_death),
+    "threshold": _threshold,
+    "global_magnitude": _global_magnitude,
+}

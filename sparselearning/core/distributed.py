@@ -13,7 +13,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 import torch.distributed as dist
 
-from ..errors import MaskDesyncError
+from .errors import MaskDesyncError
 
 
 def is_distributed() -> bool:

@@ -3,8 +3,14 @@
 Each rule maps (mask, score source, count) to a new bool mask with exactly `n_grow` more active
 entries, chosen among the currently inactive positions. Grown weights start at zero; the caller
 zeroes them and their optimizer state.
+
+``GROWTH_RULES`` names them for Masking and the --growth flag: a new mode is one function and one
+entry there (plus its name in USES_MOMENTUM / USES_DENSE_GRADIENT if it reads those).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -40,3 +46,32 @@ def random_growth(mask: torch.Tensor, n_grow: int, generator: torch.Generator) -
         generator = torch.Generator(mask.device).manual_seed(seed)
     score = torch.rand(mask.shape, generator=generator, device=mask.device)
     return _grow_highest(score, mask, n_grow)
+
+
+@dataclass
+class GrowthSignals:
+    """What a growth rule may rank one layer's inactive positions by."""
+
+    name: str  # the layer's weight name (for messages)
+    grad: torch.Tensor | None  # its dense gradient of a recent batch
+    momentum: torch.Tensor | None  # its dense gradient momentum (rules in USES_MOMENTUM)
+    generator: torch.Generator  # the masks' CPU generator (random rules)
+
+
+# (mask, n_grow, signals) -> the mask after growth
+GrowthRule = Callable[[torch.Tensor, int, GrowthSignals], torch.Tensor]
+
+
+def _gradient(mask: torch.Tensor, n_grow: int, s: GrowthSignals) -> torch.Tensor:
+    if s.grad is None:
+        raise RuntimeError(f"gradient growth needs a gradient for {s.name}; run backward() first")
+    return gradient_growth(mask, s.grad, n_grow)
+
+
+GROWTH_RULES: dict[str, GrowthRule] = {
+    "gradient": _gradient,
+    "random": lambda mask, n_grow, s: random_growth(mask, n_grow, s.generator),
+    "momentum": lambda mask, n_grow, s: momentum_growth(mask, s.momentum, n_grow),
+}
+USES_MOMENTUM = {"momentum"}  # Masking keeps a dense gradient momentum for these
+USES_DENSE_GRADIENT = {"gradient"}  # a topology update needs the dense gradient (FLOPs: charged)

@@ -23,6 +23,7 @@ Semantics, chosen on purpose (see the README's "Decisions"):
 """
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 from typing import Callable, Mapping, Sequence
 
@@ -33,9 +34,10 @@ from . import death, density as density_lib, growth, redistribution
 from .fused_step import MaskedStep
 from .schedules import DEATH_SCHEDULES, death_rate as scheduled_death_rate
 
-DEATH_MODES = ("magnitude", "SET", "threshold", "global_magnitude")
-GROWTH_MODES = ("gradient", "random", "momentum")
-REDISTRIBUTION_MODES = ("none", "magnitude", "momentum")
+# the modes by name (registries: a new mode is registered in its module, e.g. growth.GROWTH_RULES)
+DEATH_MODES = death.DEATH_RULES
+GROWTH_MODES = growth.GROWTH_RULES
+REDISTRIBUTION_MODES = redistribution.REDISTRIBUTION_RULES
 SPARSE_INITS = ("ERK", "ER", "uniform", "pruning", "resume")
 
 
@@ -60,6 +62,27 @@ def sparse_layer_names(model: nn.Module,
     """Weight names of the layers sparsified by default (and counted per layer by the FLOPs profile)."""
     return [f"{name}.weight" if name else "weight" for name, mod in model.named_modules()
             if isinstance(mod, layer_types) and getattr(mod, "weight", None) is not None]
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskingConfig:
+    """The settings of a ``Masking`` that a run chooses (flags), as one typed record: ``Masking(optimizer,
+    **config.kwargs(), total_steps=..., ...)`` adds what the run's schedule decides."""
+
+    death_rate: float = 0.5
+    death_mode: str = "magnitude"
+    growth_mode: str = "gradient"
+    redistribution_mode: str = "none"
+    death_rate_schedule: str = "constant"
+    final_death_rate: float = 0.005
+    update_frequency: int | None = 1000  # None: a fixed mask (no periodic topology updates)
+    threshold: float = 1e-3
+    momentum_beta: float = 0.9
+    seed: int = 0  # the same on every rank: every rank draws the same masks
+    fused_step: bool = True  # the mask inside the optimizer's update (--no-fused-step: a pass of its own)
+
+    def kwargs(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 class InvariantError(RuntimeError):
@@ -184,7 +207,12 @@ class Masking:
 
     @property
     def _needs_momentum(self) -> bool:
-        return self.growth_mode == "momentum" or self.redistribution_mode == "momentum"
+        return self.growth_mode in growth.USES_MOMENTUM or self.redistribution_mode in redistribution.USES_MOMENTUM
+
+    @property
+    def needs_dense_gradient(self) -> bool:
+        """Whether a topology update ranks positions by the dense gradient (FLOPs: charged on update steps)."""
+        return self.growth_mode in growth.USES_DENSE_GRADIENT
 
     @property
     def updatable(self) -> list[str]:
@@ -305,36 +333,22 @@ class Masking:
             return {}
         weights = {n: self.params[n].detach() for n in names}
         old = {n: self.masks[n] for n in names}
-        # death
-        if self.death_mode == "global_magnitude":
-            total = sum(death.num_to_remove(self.budgets[n], rate) for n in names)
-            after = death.global_magnitude_death(weights, old, total)
-        elif self.death_mode == "threshold":
-            after = {n: death.threshold_death(weights[n], old[n], self.threshold) for n in names}
-        else:
-            rule = death.magnitude_death if self.death_mode == "magnitude" else death.set_death
-            after = {n: rule(weights[n], old[n], death.num_to_remove(self.budgets[n], rate)) for n in names}
+        after = death.DEATH_RULES[self.death_mode](weights, old, {n: self.budgets[n] for n in names}, rate,
+                                                   self.threshold)
         kept = {n: int(torch.count_nonzero(after[n])) for n in names}
         removed = {n: self.budgets[n] - kept[n] for n in names}
         # how many each layer regrows: what it lost, or a share of the total by layer score
-        if self.redistribution_mode == "none":
+        score = redistribution.REDISTRIBUTION_RULES[self.redistribution_mode]
+        if score is None:
             regrow = removed
         else:
-            scores = redistribution.layer_scores(self.redistribution_mode, weights, after, self.grad_momentum)
             capacity = {n: after[n].numel() - kept[n] for n in names}
-            regrow = redistribution.split_budget(scores, sum(removed.values()), capacity)
-        # growth
-        new = {}
-        for n in names:
-            if self.growth_mode == "gradient":
-                g = grads[n] if grads is not None else self.params[n].grad
-                if g is None:
-                    raise RuntimeError(f"gradient growth needs a gradient for {n}; run backward() first")
-                new[n] = growth.gradient_growth(after[n], g, regrow[n])
-            elif self.growth_mode == "momentum":
-                new[n] = growth.momentum_growth(after[n], self.grad_momentum[n], regrow[n])
-            else:
-                new[n] = growth.random_growth(after[n], regrow[n], self.generator)
+            regrow = redistribution.split_budget(score(weights, after, self.grad_momentum), sum(removed.values()),
+                                                 capacity)
+        grow = growth.GROWTH_RULES[self.growth_mode]
+        new = {n: grow(after[n], regrow[n], growth.GrowthSignals(
+            name=n, grad=grads.get(n) if grads is not None else self.params[n].grad,
+            momentum=self.grad_momentum.get(n), generator=self.generator)) for n in names}
         # kept weights keep their value and state; pruned and grown ones are zero: grown positions
         # lie outside `after`, so this one pass zeroes both
         self.apply_mask({**self.masks, **after})

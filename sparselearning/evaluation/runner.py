@@ -21,13 +21,14 @@ from . import metrics as Mx
 from .config import RESULT_COLUMNS, EvalConfig, validate_config
 from .corruption import corruption
 from .diversity import disagreement, kd
-from .inputs import (corruption_sources, load_ood_sets, load_test_set, ood_source, plan_corruptions, tsne_subset)
+from .inputs import (TestSet, corruption_sources, load_ood_sets, load_test_set, ood_source, plan_corruptions,
+                     tsne_subset)
 from .logits import LogitStore
 from .ood import ood
 from .predictive import calibration, predict
 from .records import ModeResult
 from .report import draw, fmt, print_result, reserve_run_id, write_rows
-from .tickets import (build_model, check_members, discover_snapshot_runs, discover_tickets, load_entries, plain,
+from .tickets import (Entry, build_model, check_members, discover_snapshot_runs, discover_tickets, load_entries, plain,
                       rel_name, ticket_spec)
 from .tsne import tsne
 
@@ -35,11 +36,33 @@ __all__ = ["Evaluation", "evaluate"]
 
 
 class Evaluation:
-    """The checked inputs of a run (:meth:`prepare`) and the run itself (:meth:`run`)."""
+    """The checked inputs of a run (:meth:`prepare`) and the run itself (:meth:`run`).
+
+    Every attribute exists from the start; those below "checked inputs" are None (or empty) until
+    :meth:`prepare` has filled them.
+    """
 
     def __init__(self, cfg: EvalConfig, out: Callable[[str], None] = print):
         self.cfg = cfg
         self.out = out
+        # checked inputs (prepare)
+        self.device: torch.device | None = None
+        self.root: Path | None = None  # the folder of tickets
+        self.out_dir: Path | None = None
+        self.members: list[Entry] = []
+        self.M = 0
+        self.model_name: str | None = None
+        self.dataset: str | None = None
+        self.modes: list[str] = []  # those that run (cfg.modes less the skipped ones)
+        self.test: TestSet | None = None
+        self.store: LogitStore | None = None
+        self.snapshot_runs: list = []  # tsne: (run folder, snapshot files)
+        self.corruption_plan = None  # corruption: inputs.plan_corruptions
+        self.ood_sets: dict = {}  # ood: name -> images
+        # the run (run)
+        self.run_id: str | None = None
+        self._created_out_dir = False
+        self._test_lp: torch.Tensor | None = None  # test_log_probs, computed once
         self.rows: list[dict] = []
         self.extras: dict = {}
         self.plots: dict[str, str] = {}
@@ -149,7 +172,7 @@ class Evaluation:
 
     def test_log_probs(self) -> torch.Tensor:
         """(M, N, C) float64, computed once and shared by every mode."""
-        if not hasattr(self, "_test_lp"):
+        if self._test_lp is None:
             self._test_lp = Mx.log_probs_from_logits(self.test_logits())
         return self._test_lp
 
