@@ -28,6 +28,7 @@ import argparse
 import inspect
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -45,6 +46,7 @@ from sparselearning.core.schedules import Schedule
 from sparselearning.data.imagenet import (DeviceBatches, ShardSampler, check_root, first_batches, image_folder,
                                           image_loader, imagenet_spec)
 from sparselearning.errors import UsageError, run_cli
+from sparselearning.launch import launch_members
 from sparselearning.recipes import run_settings, sparse_init_of, sparse_plan
 from sparselearning.runfolder import run_folder
 from sparselearning.loop import (compiled_for_training, evaluate_model, pick_device, speed_settings,
@@ -219,14 +221,24 @@ def imagenet_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
     return to_channels_last(model) if args.channels_last else model
 
 
+def kind_and_folder(args: argparse.Namespace, schedule: Schedule) -> tuple[str, Path]:
+    kind = "dense" if not args.sparse else "static" if args.fix else "EDST" if schedule.num_tickets > 1 else "DST"
+    return kind, run_folder(args.output_dir, args.model, "imagenet", kind, args.seed, args.density,
+                            schedule.num_tickets)
+
+
+def member_folders(argv: list[str]) -> tuple[Path, Path]:
+    """launch_members' check of one run's flags: (its run folder, the output root)."""
+    args, schedule, _ = parse(argv)
+    return kind_and_folder(args, schedule)[1], Path(args.output_dir)
+
+
 def imagenet_plan(args: argparse.Namespace, schedule: Schedule, defaults: dict, world: World) -> RunPlan:
     device = device_for(args, world)
     wrap = data_parallel(world, device)
-    kind = "dense" if not args.sparse else "static" if args.fix else "EDST" if schedule.num_tickets > 1 else "DST"
+    kind, run_dir = kind_and_folder(args, schedule)
     return RunPlan(
-        program=PROG, script="imagenet", kind=kind, dataset="imagenet", model_name=args.model,
-        run_dir=run_folder(args.output_dir, args.model, "imagenet", kind, args.seed, args.density,
-                           schedule.num_tickets),
+        program=PROG, script="imagenet", kind=kind, dataset="imagenet", model_name=args.model, run_dir=run_dir,
         schedule=schedule, device=device, data=imagenet_data(args, world, device),
         model=lambda spec: imagenet_model(args, spec.num_classes), optimizer=sgd(args),
         sparse=sparse_plan(args, sparse_init_of(args), fixed_mask=args.fix) if args.sparse else None,
@@ -296,4 +308,5 @@ def main(argv: list[str] | None = None) -> dict | list:
 
 
 if __name__ == "__main__":
+    launch_members("imagenet", member_folders, distributed=True)  # --launcher slurm: one job of N nodes x G GPUs
     run_cli(main, prog=PROG)

@@ -90,7 +90,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sparselearning.jobs import Job, run_jobs
+from sparselearning.errors import UsageError
+from sparselearning.jobs import Job
+from sparselearning.launch import LAUNCHERS, add_slurm_args, launch, slurm_settings
 from sparselearning.machine import cpu_name, load_average
 from sparselearning.runfolder import run_folder
 
@@ -449,6 +451,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
                              + ", ".join(METHODS + ("EDST-stop",) + tuple(EXTRA_ROWS))
                              + " (default: the whole table; the over regime's last three only without --quick)")
     parser.add_argument("--table-only", action="store_true", help="only rebuild the table from finished runs")
+    parser.add_argument("--launcher", default="local", choices=LAUNCHERS,
+                        help="local: --jobs at a time here; slurm: submit every run to SLURM (dependencies as afterok) "
+                             "and return; once they are done, the same command plus --table-only makes the table")
+    add_slurm_args(parser)
     return parser
 
 
@@ -510,6 +516,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_arg_parser()
     args = parser.parse_args(argv)
     plan = make_plan(parser, args)
+    try:  # checked before anything is submitted
+        slurm = slurm_settings(args, plan.out, "reproduce_small") if args.launcher == "slurm" else None
+    except UsageError as err:
+        parser.error(str(err))
     E, R, out, ood, corruptions = plan.epochs, plan.replicates, plan.out, plan.ood, plan.corruptions
     info = machine_info()
     info["loadavg_start"] = info.pop("loadavg")
@@ -520,7 +530,12 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.jobs} at a time x {args.threads} thread(s); OoD {','.join(ood)}; corruptions "
           f"{','.join(corruptions)}; output {out}", flush=True)
     if not args.table_only:
-        run_jobs(jobs, args.jobs, args.threads, out / "logs", stopped_by="reproduce_small")
+        launch(jobs, args.launcher, parallel=args.jobs, threads=args.threads, log_dir=out / "logs", slurm=slurm,
+               stopped_by="reproduce_small")
+        if slurm:
+            print(f"submitted; logs: {slurm.log_root}; when the jobs are done, the same command plus --table-only "
+                  f"makes the table")
+            return
     result = collect(plan)
     info["loadavg_end"] = machine_info()["loadavg"]
     info["wall_seconds"] = None if args.table_only else time.time() - start

@@ -19,6 +19,7 @@ from models import MODEL_NAMES
 from .core import death, growth, redistribution, schedules
 from .core.schedules import DEATH_SCHEDULES, Schedule
 from .errors import OneLineArgumentParser, UsageError
+from .launch import add_launcher_args, drop_launcher_flags
 from .run_outputs import check_tensorboard
 
 SCRIPTS = ("individual", "DST", "EDST", "PF")
@@ -106,6 +107,7 @@ def common_parser(prog: str, description: str) -> OneLineArgumentParser:
     s.add_argument("--no-fused-step", action="store_true", help="mask gradients in a pass of their own instead of "
                                                                  "inside the optimizer's update (same values)")
     add_sparse_args(parser)
+    add_launcher_args(parser)
     return parser
 
 
@@ -202,6 +204,7 @@ def _unit(flag: str, value: float) -> None:
 
 def validate_common(args: argparse.Namespace) -> None:
     """Checks of the common flags (every training script)."""
+    drop_launcher_flags(args)
     for name, value in vars(args).items():  # inf/nan pass the range checks below (or make them pass)
         if isinstance(value, float) and not math.isfinite(value):
             flag = name if name == "valid_split" else name.replace("_", "-")
@@ -368,9 +371,14 @@ def validate_imagenet(args: argparse.Namespace) -> str | None:
     if not derived or (args.epochs == schedules.PAPER_IMAGENET_EPOCHS and not fixed):
         return None
     scaled = f" scaled to --epochs {args.epochs}" if args.epochs != schedules.PAPER_IMAGENET_EPOCHS else ""
+    paper = len(schedules.PAPER_IMAGENET_REEXPLORE)
+    lost = "" if fixed or reexplore_given or len(reexplore) == paper else (
+        f"\nwarning: only {len(reexplore)} of the paper's {paper} re-explorations fit in --epochs {args.epochs} (the "
+        f"others fall on the same epoch, at 0 or at the end), so this run has {len(reexplore) + 1} tickets, not "
+        f"{paper + 1}; pass more --epochs or your own --reexplore-epochs")
     return (f"note: the paper's {schedules.PAPER_IMAGENET_EPOCHS}-epoch schedule{scaled}"
             f"{', with --fix: one static ticket, no re-exploration' if fixed else ''}: "
-            f"{'; '.join(derived)} (give these flags to choose another)")
+            f"{'; '.join(derived)} (give these flags to choose another){lost}")
 
 
 def schedule_for(script: str, args: argparse.Namespace) -> Schedule:

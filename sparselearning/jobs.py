@@ -1,6 +1,7 @@
 """Run the repository's scripts as jobs: a few at a time, in dependency order, one log file each.
 
-Used by ``make demo`` (sparselearning/demo.py) and ``benchmarks/reproduce_small.py``. Each job is
+The local backend of sparselearning/launch.py (``--seeds``/``--launcher local`` of the training scripts,
+``benchmarks/reproduce_small.py``) and what ``make demo`` (sparselearning/demo.py) runs on. Each job is
 ``python SCRIPT FLAGS`` started from the repository root exactly as a user would type it. A failed job
 stops the others; so do Ctrl-C and SIGTERM (the running children are terminated, and the training
 scripts' ``--resume`` continues them from their last completed epoch on the next invocation).
@@ -29,8 +30,9 @@ class Job:
 
 
 def run_jobs(jobs: list[Job], n_parallel: int, threads: int, log_dir: Path, echo_commands: bool = False,
-             stopped_by: str = "jobs") -> None:
-    """Run the jobs respecting their dependencies, n_parallel at a time, each with `threads` torch threads.
+             stopped_by: str = "jobs", cwd: Path = REPO) -> None:
+    """Run the jobs respecting their dependencies, n_parallel at a time, each with `threads` torch threads,
+    from the folder `cwd` (the repository root unless given).
 
     Logs go to ``log_dir/<name>.log`` (appended: a resumed job's log keeps the earlier runs). Progress is
     printed as ``[t s] start/done name`` lines, or the ``$ python ...`` command lines (echo_commands).
@@ -57,7 +59,7 @@ def run_jobs(jobs: list[Job], n_parallel: int, threads: int, log_dir: Path, echo
                 logs[name].write("$ python " + " ".join(job.argv) + "\n")
                 logs[name].flush()
                 job.start = time.time()
-                job.proc = subprocess.Popen([sys.executable, *job.argv], cwd=REPO, env=env, stdout=logs[name],
+                job.proc = subprocess.Popen([sys.executable, *job.argv], cwd=cwd, env=env, stdout=logs[name],
                                             stderr=subprocess.STDOUT)
                 running[name] = job
                 print("$ python " + " ".join(job.argv) if echo_commands else

@@ -7,6 +7,7 @@ plan, run it.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -45,6 +46,12 @@ def cifar_kind(script: str, args: argparse.Namespace) -> str:
     return script
 
 
+def cifar_run_dir(script: str, args: argparse.Namespace) -> Path:
+    density = 1 - args.PF_rate if script == "PF" else args.density
+    return run_folder(args.output_dir, args.model, args.data, cifar_kind(script, args), args.seed, density,
+                      getattr(args, "model_num", 1))
+
+
 def sparse_init_of(args: argparse.Namespace) -> dict:
     """Masking.add_module's arguments for --density / --sparse-init / --erk-power-scale."""
     if args.sparse_init == "pruning":  # global magnitude pruning of the initial weights
@@ -74,10 +81,7 @@ def cifar_plan(script: str, args: argparse.Namespace, flag_defaults: dict) -> Ru
     """main_<script>.py's run: torchvision-format data in memory, a registry model, SGD or Adam, the paper's plan."""
     device = pick_device(args.device)
     speed_settings(device, tf32=not args.no_tf32)
-    kind = cifar_kind(script, args)
-    density = 1 - args.PF_rate if script == "PF" else args.density
-    run_dir = run_folder(args.output_dir, args.model, args.data, kind, args.seed, density,
-                         getattr(args, "model_num", 1))
+    kind, run_dir = cifar_kind(script, args), cifar_run_dir(script, args)
 
     def data() -> DataSource:
         gen = torch.Generator().manual_seed(args.seed)

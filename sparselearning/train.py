@@ -33,9 +33,9 @@ from .data import DatasetSpec
 from .errors import MaskDesyncError, UsageError
 from .loop import NonFiniteLossError, autocast_context, dense_gradients, evaluate_model, train_one_epoch
 from .provenance import provenance
-from .run_outputs import (CURVES_PNG, METRICS_CSV, TENSORBOARD_DIR, TensorBoardLog, curves_title, plot_curves,
-                          write_metrics_csv)
-from .runfolder import RunLock, file_id, fmt_density
+from .run_outputs import (CURVES_PNG, METRICS_CSV, TENSORBOARD_DIR, LogLines, TensorBoardLog, curves_title,
+                          density_label, plot_curves, topology_update_plan, write_metrics_csv)
+from .runfolder import RunLock, file_id
 
 # flags that may differ between an interrupted run and its --resume
 RESUME_FREE_FLAGS = frozenset({"resume", "overwrite", "device", "no_cuda", "workers", "log_interval", "data_dir",
@@ -204,6 +204,8 @@ class Run:
         if plan.sparse is not None:
             masking = self.make_masking(optimizer, plan.sparse, len(data.train))
             masking.add_module(model, **plan.sparse.init)
+            self.update_plan = topology_update_plan(self.schedule, masking.update_frequency, len(data.train),
+                                                    masking.no_update_windows)
         shape = (data.spec.in_channels, data.spec.image_size, data.spec.image_size)
         profile = profile_model(model, shape, list(masking.masks) if masking else None)
         flops = FlopsAccountant(profile, masking.layer_densities() if masking else {}, self.world.size)
@@ -370,6 +372,8 @@ class Run:
                             "global_batch_size": self.plan.batch_size * self.world.size},
             **({"dataset": self.parts.data.summary} if self.parts.data.summary else {}),
             "tickets": [self.tickets[k] for k in sorted(self.tickets)],
+            **({"topology_updates": {"done": self.parts.masking.num_updates, "planned_per_phase": self.update_plan}}
+               if self.parts.masking else {}),
             "history": self.history, "elapsed_seconds": self.elapsed,
         }
 
@@ -399,15 +403,17 @@ class Run:
                 group["lr"] = lr
             if self.parts.data.start_epoch is not None:
                 self.parts.data.start_epoch(epoch)
-            start = time.time()
             p = self.parts
+            start, updates_before = time.time(), p.masking.num_updates if p.masking else 0
             stats = train_one_epoch(p.net, p.train_loader, p.optimizer, p.masking, p.flops,
                                     autocast=p.autocast, scaler=p.scaler, criterion=self.plan.criterion,
                                     **self.step_hooks(epoch, lr), epoch=epoch, progress=self.plan.progress,
                                     desc=f"epoch {epoch}/{self.total_epochs}", total=len(self.parts.train_loader))
+            updates = p.masking.num_updates - updates_before if p.masking else None  # periodic ones
             self.epoch = epoch
             self.end_of_epoch(epoch, stats)
             self.elapsed += time.time() - start
+            self.history[-1].update(topology_updates=updates, epoch_seconds=time.time() - start)
             if self.writing:
                 ckpt.atomic_save(self.resume_state(), self.run_dir / "last.pth")
             self.write_summary("running")
@@ -418,10 +424,11 @@ class Run:
     def write_curves(self) -> None:
         """curves.png from the per-epoch history (loss, accuracy, LR, density, exploration; phases marked)."""
         if self.writing:
-            density = f"density {fmt_density(self.parts.masking.density())}" if self.parts.masking else "dense"
+            density = density_label(self.parts.masking.density() if self.parts.masking else None)
             plot_curves(self.history, self.run_dir / CURVES_PNG,
                         title=curves_title(self.kind, self.plan.model_name, self.plan.dataset, density),
-                        reexplore_after=self.schedule.reexplore_epochs)
+                        reexplore_after=self.schedule.reexplore_epochs,
+                        ticket_epochs=[t["epoch"] for t in self.tickets.values()])
 
     def step_hooks(self, epoch: int, lr: float) -> dict:
         """Per-iteration warm-up of the LR, and the running training loss every plan.log_every iterations."""
@@ -521,7 +528,7 @@ def start_run(run: Run) -> dict:
     The lock comes first, so that two runs started together into one folder cannot both find it
     free; bad input found before training leaves nothing behind (see RunLock).
     """
-    with RunLock(run.run_dir, enabled=run.world.is_main) as lock:
+    with RunLock(run.run_dir, enabled=run.world.is_main) as lock, LogLines() as lines:
         resume_from = run.check_output_folder()
         run.build()  # loads data and the pretrained model: bad input fails here
         if resume_from is not None:
@@ -530,10 +537,10 @@ def start_run(run: Run) -> dict:
             run.remove_old_run()
         lock.keep()
         run.writing = run.world.is_main
-        return train_reporting_errors(run)
+        return train_reporting_errors(run, lines)
 
 
-def train_reporting_errors(run: Run) -> dict:
+def train_reporting_errors(run: Run, lines: LogLines | None = None) -> dict:
     """Join the ranks and train, with a non-finite loss, a failed write or a mask desync reported in one line."""
     try:
         run.connect()
@@ -541,6 +548,8 @@ def train_reporting_errors(run: Run) -> dict:
         changed = " ".join(f"--{k}={v}" for k, v in sorted(run.fingerprint().items()) if defaults.get(k) != v)
         run.log(f"{run.plan.program} started {datetime.datetime.now().isoformat(timespec='seconds')} on "
                 f"{run.device}{run.plan.start_note}: {changed} (all flags in summary.json)")
+        if lines is not None:  # what the build logged (the sparse layers, a schedule warning), then the rest
+            lines.forward_to(run.log)
         run.provenance = provenance(device=run.device)
         run.write_summary("running")
         if run.writing and run.plan.tensorboard:

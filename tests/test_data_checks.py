@@ -141,7 +141,7 @@ def test_cifar_images_of_the_wrong_shape(tmp_path):
     d = _batch(6, 0)
     d[b"data"] = d[b"data"][:, :1024]  # one channel only
     write_cifar10(tmp_path, data_batch_1=d)
-    with pytest.raises(UsageError, match=r"data_batch_1 holds uint8 data of shape \(6, 1024\)"):
+    with pytest.raises(UsageError, match=r"data_batch_1 holds an array of shape \(6, 1024\), expected \(N, 3072\)"):
         D.load_split("cifar10", "train", str(tmp_path), download=False)
     d = _batch(6, 0)
     d[b"labels"] = d[b"labels"][:5]
@@ -180,3 +180,49 @@ def test_data_dir_that_is_a_file_is_refused(tmp_path, monkeypatch):
         with pytest.raises(UsageError) as err:
             D.load_split(name, "test", str(afile), download=True)
         assert "\n" not in str(err.value) and f"{afile} is a file" in str(err.value)
+
+
+# =========================================================================== what torchvision accepts
+def test_cifar_batches_with_str_keys_load_as_torchvision_reads_them(tmp_path):
+    """A batch written by Python 3 with str keys ({'data': ..., 'labels': ...}) is what torchvision's CIFAR10
+    reads too; it loads the same images and labels as the release's bytes keys."""
+    import torchvision
+
+    released = write_cifar10(tmp_path / "bytes")
+    str_keyed = [{k.decode(): v for k, v in d.items()} for d in released]
+    write_cifar10(tmp_path / "str", **{name: d for name, d in zip(
+        [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"], str_keyed)})
+    x, y = D.load_split("cifar10", "test", str(tmp_path / "str"), download=False)
+
+    class UncheckedCIFAR10(torchvision.datasets.CIFAR10):  # torchvision checks md5 sums of the real release
+        def _check_integrity(self):
+            return True
+
+        def _load_meta(self):  # batches.meta (class names) is not part of the test
+            pass
+
+    ref = UncheckedCIFAR10(str(tmp_path / "str"), train=False, download=False)
+    assert np.array_equal(x.permute(0, 2, 3, 1).numpy(), ref.data) and y.tolist() == list(ref.targets)
+    xb, yb = D.load_split("cifar10", "test", str(tmp_path / "bytes"), download=False)
+    assert torch.equal(x, xb) and torch.equal(y, yb)
+
+
+def test_a_pickle_that_is_not_a_cifar_batch_says_what_it_holds(tmp_path):
+    write_cifar10(tmp_path, test_batch={"images": np.zeros((2, 3072), np.uint8), "targets": [0, 1]})
+    with pytest.raises(UsageError) as err:
+        D.load_split("cifar10", "test", str(tmp_path), download=False)
+    msg = str(err.value)
+    assert "\n" not in msg and "test_batch is not a CIFAR batch" in msg and "'images', 'targets'" in msg
+    assert "'data' and 'labels'" in msg and "re-download" not in msg
+    write_cifar100(tmp_path, test={b"data": np.zeros((2, 3072), np.uint8), b"coarse_labels": [0, 1]})
+    with pytest.raises(UsageError, match="'data' and 'fine_labels'"):
+        D.load_split("cifar100", "test", str(tmp_path), download=False)
+
+
+@pytest.mark.parametrize("data", [np.zeros((6, 3072), np.float32), np.zeros((6, 3072), np.int16)])
+def test_cifar_batch_data_must_be_uint8(tmp_path, data):
+    d = _batch(6, 0)
+    d[b"data"] = data
+    write_cifar10(tmp_path, test_batch=d)
+    with pytest.raises(UsageError, match=f"test_batch holds {data.dtype} values in \\[0, 0\\], expected uint8"):
+        D.load_split("cifar10", "test", str(tmp_path), download=False)

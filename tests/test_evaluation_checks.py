@@ -164,3 +164,95 @@ def test_imagenet_logits_use_the_given_workers(monkeypatch):
     out = L.imagenet_logits(model, "root", spec, 2, torch.device("cpu"), None, 2, "val", workers=7,
                             show_progress=False)
     assert seen["workers"] == 7 and out.shape == (2, 5) and out.device.type == "cpu"
+
+
+# =========================================================================== CIFAR-C / SVHN arrays of the wrong kind
+CIFAR_NORM = {"mean": [0.4914, 0.4822, 0.4465], "std": [0.2023, 0.1994, 0.2010]}
+
+
+@pytest.fixture(scope="module")
+def cifar_box(tmp_path_factory):
+    """CIFAR-10 tickets (untrained cnn-small) and a 20-image CIFAR-10 test batch, in torchvision's layout."""
+    import pickle
+
+    import numpy as np
+
+    base = tmp_path_factory.mktemp("cifar")
+    n, rng = 20, np.random.default_rng(5)
+    data = base / "data" / "cifar-10-batches-py"
+    data.mkdir(parents=True)
+    labels = [int(v) for v in np.arange(n) % 10]
+    with open(data / "test_batch", "wb") as fh:
+        pickle.dump({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": labels}, fh)
+    for seed in (1, 2):
+        atomic_save(_ticket(seed, dataset="cifar10", in_channels=3, image_size=32, normalization=CIFAR_NORM)
+                    | {"dense_state": get_model("cnn-small", 10, 3, 32).state_dict(), "sparse_state": {}},
+                    base / "runs" / f"seed={seed}" / "model.pth")
+    return {"base": base, "data": base / "data", "runs": base / "runs", "n": n, "labels": labels}
+
+
+def _cifar_c_cases():
+    import numpy as np
+
+    good = np.random.default_rng(0).integers(0, 256, (100, 32, 32, 3), dtype=np.uint8)
+    with_nan = (good / 255).astype(np.float32)
+    with_nan[3, 0, 0, 0] = np.nan
+    labels = np.tile(np.arange(20) % 10, 5)
+    return {  # name: (images, labels, the file the message names, what it says)
+        "float-0-1": ((good / 255).astype(np.float32), labels, "fog.npy", "float32 values in [0, 1]"),
+        "nan": (with_nan, labels, "fog.npy", "NaN"),
+        "int16": (good.astype(np.int16) * 3, labels, "fog.npy", "int16 values"),
+        "layout-nchw": (good.transpose(0, 3, 1, 2).copy(), labels, "fog.npy", "(5*K, 32, 32, 3)"),
+        "float-labels": (good, labels.astype(np.float64) + 0.7, "labels.npy", "float64 values"),
+        "labels-out-of-range": (good, labels + 1, "labels.npy", "label 10, outside 0..9"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_cifar_c_cases()))
+def test_bad_cifar_c_arrays_are_refused_before_anything_is_written(cifar_box, tmp_path, capsys, case):
+    import numpy as np
+
+    images, labels, named, says = _cifar_c_cases()[case]
+    cfc = tmp_path / "CIFAR-10-C"
+    cfc.mkdir()
+    np.save(cfc / "fog.npy", images)
+    np.save(cfc / "labels.npy", labels)
+    out_dir = tmp_path / "eval"
+    code, out, err = _run(["--mode", "predict,corruption", "--resume", str(cifar_box["runs"]), "--data-dir",
+                           str(cifar_box["data"]), "--cf_c_path", str(cfc), "--output-dir", str(out_dir),
+                           "--no-download"], capsys)
+    assert_one_line_error(code, err, str(cfc / named), says)
+    assert not out_dir.exists()  # no cache, no results: the test-set logits were not even computed
+    assert "== predict" not in out
+
+
+def _write_svhn(root: Path, x, y) -> None:
+    import numpy as np
+    import scipy.io
+
+    root.mkdir(parents=True, exist_ok=True)
+    scipy.io.savemat(str(root / "test_32x32.mat"), {"X": np.transpose(x, (2, 3, 1, 0)), "y": y.reshape(-1, 1)})
+
+
+@pytest.mark.parametrize("case", ["float-0-1", "int16", "float-labels", "labels-out-of-range"])
+@pytest.mark.parametrize("explicit", [True, False])
+def test_bad_svhn_arrays_are_refused_even_as_a_default_ood_set(cifar_box, tmp_path, capsys, case, explicit):
+    import shutil
+
+    import numpy as np
+
+    data = tmp_path / "data"
+    shutil.copytree(cifar_box["data"], data)
+    rng = np.random.default_rng(1)
+    x, y = rng.integers(0, 256, (8, 3, 32, 32), dtype=np.uint8), rng.integers(1, 11, 8)
+    x, y, says = {"float-0-1": ((x / 255).astype(np.float32), y, "float32 values in [0, 1]"),
+                  "int16": (x.astype(np.int16) - 128, y, "int16 values"),
+                  "float-labels": (x, y + 0.5, "float64 values"),
+                  "labels-out-of-range": (x, y + 5, "outside 0..10")}[case]
+    _write_svhn(data, x, y)
+    out_dir = tmp_path / "eval"
+    ood = ["--ood-data", "svhn,gaussian"] if explicit else []  # else the defaults: svhn, cifar100 (missing), ...
+    code, out, err = _run(["--mode", "ood", "--resume", str(cifar_box["runs"]), "--data-dir", str(data),
+                           "--output-dir", str(out_dir), "--no-download", *ood], capsys)
+    assert_one_line_error(code, err, str(data / "test_32x32.mat"), says)
+    assert not out_dir.exists()

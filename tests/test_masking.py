@@ -334,3 +334,97 @@ def test_zero_outside_zeroes_outside_the_mask_and_keeps_nan(dtype):
         assert torch.equal(t.nan_to_num(), e.nan_to_num())
     assert tensors[0][0, 0].isnan() and tensors[0][1, 1].isnan()
     assert [m.dtype for m in masks] == [torch.bool, torch.bool]  # the masks are read, not converted
+
+
+# ------------------------------------------------------------------ coverage: what the core sparsifies
+class AttentionNet(nn.Module):
+    """A model of one's own: Conv1d, MultiheadAttention (in_proj_weight is a Parameter of the attention
+    module, out_proj an nn.Linear), a TransformerEncoderLayer, a LayerNorm, an embedding and an LSTM."""
+
+    def __init__(self, d=16, classes=5):
+        super().__init__()
+        self.emb = nn.Embedding(10, d)
+        self.conv = nn.Conv1d(d, d, 3, padding=1)
+        self.attn = nn.MultiheadAttention(d, 2, batch_first=True)
+        self.block = nn.TransformerEncoderLayer(d, 2, dim_feedforward=32, batch_first=True, dropout=0.0)
+        self.rnn = nn.LSTM(d, d, batch_first=True)
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, tokens):
+        x = self.conv(self.emb(tokens).transpose(1, 2)).transpose(1, 2)
+        x = self.attn(x, x, x, need_weights=False)[0]
+        x, _ = self.rnn(self.block(x))
+        return self.head(self.norm(x).mean(1))
+
+
+# independent of masking.py: the weight tensors a user expects sparse, written out by hand
+ATTENTION_NET_SPARSE = {"conv.weight", "attn.in_proj_weight", "attn.out_proj.weight",
+                        "block.self_attn.in_proj_weight", "block.self_attn.out_proj.weight",
+                        "block.linear1.weight", "block.linear2.weight", "head.weight"}
+
+
+def test_default_coverage_masks_conv1d_attention_and_linear_at_the_density(caplog):
+    torch.manual_seed(0)
+    model = AttentionNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    mask = Masking(opt, update_frequency=None)
+    with caplog.at_level("INFO", logger="sparselearning.core.masking"):
+        mask.add_module(model, density=0.25, sparse_init="uniform")
+    assert set(mask.masks) == ATTENTION_NET_SPARSE
+    params = dict(model.named_parameters())
+    for name in ATTENTION_NET_SPARSE:  # the weights themselves, not the masks: a quarter of each is non-zero
+        w = params[name].detach()
+        assert int(torch.count_nonzero(w)) == round(0.25 * w.numel()), name
+    # training keeps the masked weights of the attention's input projection exactly zero
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        tokens, y = torch.randint(0, 10, (4, 7), generator=g), torch.randint(0, 5, (4,), generator=g)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(tokens), y).backward()
+        assert params["attn.in_proj_weight"].grad[~mask.masks["attn.in_proj_weight"]].abs().sum() > 0
+        mask.step()
+    for name in ("attn.in_proj_weight", "block.self_attn.in_proj_weight"):
+        assert not params[name].detach()[~mask.masks[name]].any(), name
+        assert not opt.state[params[name]]["momentum_buffer"][~mask.masks[name]].any(), name
+    # one table, naming what stays dense: the embedding and the LSTM's weight matrices
+    records = [r for r in caplog.records if r.name == "sparselearning.core.masking"]
+    assert len(records) == 1
+    table = records[0].getMessage()
+    assert "sparse MultiheadAttention.in_proj_weight" in table and "sparse Conv1d.weight" in table
+    assert "dense  Embedding.weight" in table and "dense  LSTM.weight_hh_l0" in table
+    assert "dense weight matrices: emb.weight, rnn.weight_ih_l0, rnn.weight_hh_l0" in table
+
+
+def test_density_of_sparse_layers_and_model_density_of_all_weights():
+    model = AttentionNet()
+    mask = Masking(torch.optim.SGD(model.parameters(), lr=0.1), update_frequency=None)
+    mask.add_module(model, density=0.25, sparse_init="uniform")
+    params = dict(model.named_parameters())
+    sparse_total = sum(params[n].numel() for n in ATTENTION_NET_SPARSE)
+    everything = sum(p.numel() for p in model.parameters())
+    active = sum(round(0.25 * params[n].numel()) for n in ATTENTION_NET_SPARSE)
+    assert mask.density() == pytest.approx(active / sparse_total)
+    assert mask.model_density() == pytest.approx((active + everything - sparse_total) / everything)
+
+
+def test_layer_types_and_include_reach_recurrent_weights_and_embeddings():
+    model = AttentionNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mask = Masking(opt, layer_types=(nn.LSTM, nn.Embedding))
+    mask.add_module(model, density=0.5, sparse_init="uniform")
+    assert set(mask.masks) == {"emb.weight", "rnn.weight_ih_l0", "rnn.weight_hh_l0"}
+    mask = Masking(opt, include=["rnn.weight_*", "head.*"])  # 1-D biases never: include takes matrices
+    mask.add_module(model, density=0.5, sparse_init="uniform")
+    assert set(mask.masks) == {"rnn.weight_ih_l0", "rnn.weight_hh_l0", "head.weight"}
+
+
+@pytest.mark.parametrize("name,classes", [("wrn-28-2", 10), ("resnet50", 100), ("vgg-c", 10), ("lenet5", 10)])
+def test_paper_models_sparsify_exactly_their_conv2d_and_linear_weights(name, classes):
+    from models import get_model
+
+    model = get_model(name, num_classes=classes, in_channels=3, image_size=32)
+    expected = [f"{m}.weight" for m, mod in model.named_modules() if type(mod) in (nn.Conv2d, nn.Linear)]
+    mask = Masking(torch.optim.SGD(model.parameters(), lr=0.1))
+    mask.add_module(model, density=0.2)
+    assert list(mask.masks) == expected  # the same tensors in the same order: the same random masks

@@ -187,3 +187,19 @@ def test_tensorboard_missing_is_a_one_line_usage_error(tmp_path, monkeypatch):
         msg = str(err.value)
         assert "pip install tensorboard" in msg and "\n" not in msg
     assert not (tmp_path / "tb").exists()
+
+
+def test_curves_mark_tickets_label_both_phase_colours_and_tick_whole_epochs(tmp_path):
+    from sparselearning.run_outputs import density_label
+
+    rows, sched = edst_history()  # phases 4-6, 7-9, 10-12
+    fig = curves_figure(rows, title="x", reexplore_after=sched.reexplore_epochs, ticket_epochs=[5, 9, 12, 40])
+    fig.canvas.draw()
+    for ax in fig.axes:
+        assert [ln.get_xdata()[0] for ln in ax.get_lines() if ln.get_gid() == "ticket_saved"] == [5, 9, 12]
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks)
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "ticket phases 1, 3" in legend and "ticket phase 2" in legend and "ticket saved" in legend
+    assert density_label(1 - 0.8000006005) == "density 0.2" and density_label(None) == "dense"
+    assert density_label(0.05) == "density 0.05"

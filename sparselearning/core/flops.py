@@ -48,7 +48,8 @@ def profile_model(model: nn.Module, input_shape: tuple[int, ...], sparse_names: 
     """Measure dense forward FLOPs of one sample of `input_shape` (C, H, W), split per weight name.
 
     sparse_names: weight names (e.g. 'block1.layer.0.conv1.weight') whose module FLOPs are
-    attributed to that layer; default every Conv2d/Linear weight (masking.sparse_layer_names).
+    attributed to that layer (less the FLOPs of other listed modules inside it); default
+    masking.sparse_layer_names (Conv/Linear/attention weights).
     """
     if sparse_names is None:
         sparse_names = sparse_layer_names(model)
@@ -61,13 +62,25 @@ def profile_model(model: nn.Module, input_shape: tuple[int, ...], sparse_names: 
     model.train(was_training)
     counts = counter.get_flop_counts()
     root = type(model).__name__
-    layers = {}
-    for name in sparse_names:
-        mod_name = name.rsplit(".", 1)[0] if "." in name else ""
-        key = f"{root}.{mod_name}" if mod_name else root
-        layers[name] = int(sum(counts.get(key, {}).values()))
+    keys = {n: (f"{root}.{n.rsplit('.', 1)[0]}" if "." in n else root) for n in sparse_names}
+    own = _own_flops({k: int(sum(counts.get(k, {}).values())) for k in keys.values()})
+    # a module with several sparse weights (attention's q/k/v_proj_weight) splits its FLOPs by their sizes
+    size = {n: model.get_parameter(n).numel() for n in sparse_names}
+    per_module = {k: sum(size[n] for n in sparse_names if keys[n] == k) for k in own}
+    layers = {n: own[keys[n]] * size[n] // max(per_module[keys[n]], 1) for n in sparse_names}
     total = int(counter.get_total_flops())
     return FlopsProfile(layers=layers, other=total - sum(layers.values()))
+
+
+def _own_flops(module_flops: Mapping[str, int]) -> dict[str, int]:
+    """FLOPs of each module less those of the listed modules inside it (an attention module's out_proj):
+    a module's count includes its children's, which must not be attributed to it twice."""
+    own = {}
+    for key, flops in module_flops.items():
+        inner = [c for c in module_flops if c.startswith(key + ".")]
+        outermost = [c for c in inner if not any(c.startswith(o + ".") for o in inner)]
+        own[key] = flops - sum(module_flops[c] for c in outermost)
+    return own
 
 
 def step_flops(profile: FlopsProfile, densities: Mapping[str, float], batch_size: int, dense_grad: bool = False) -> float:

@@ -6,6 +6,9 @@ algorithm lives in a small pure function (density.py, death.py, growth.py, redis
 schedules.py) and this class only composes them and keeps the state.
 
 Semantics, chosen on purpose (see the README's "Decisions"):
+- What is sparse: the weights of DEFAULT_LAYER_TYPES (every Linear, Conv and ConvTranspose kernel and the
+  attention projections), or what layer_types / include / exclude choose; add_module logs a table of the
+  sparse and dense parameters. density() is of the sparse layers, model_density() of all parameters.
 - Gradients are computed dense. ``step()`` zeroes them at inactive positions before the optimizer
   step, so weights, momentum and Adam moments stay exactly zero there (weight decay cannot
   revive a pruned weight). On a topology-update step the dense gradient is kept for growth.
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import logging
 from typing import Callable, Mapping, Sequence
 
 import torch
@@ -39,6 +43,8 @@ DEATH_MODES = death.DEATH_RULES
 GROWTH_MODES = growth.GROWTH_RULES
 REDISTRIBUTION_MODES = redistribution.REDISTRIBUTION_RULES
 SPARSE_INITS = ("ERK", "ER", "uniform", "pruning", "resume")
+
+log = logging.getLogger(__name__)
 
 
 # Optimizers for which a zero gradient at a zero weight with zero state leaves weight and state
@@ -57,11 +63,63 @@ def zero_outside(tensors: Sequence[torch.Tensor], masks: Sequence[torch.Tensor])
         torch._foreach_mul_(list(tensors), [m.view(torch.uint8) for m in masks])
 
 
+# Default coverage: every weight matrix or kernel of the standard layers (what someone bringing their own
+# model expects to be sparse). nn.MultiheadAttention's out_proj is an nn.Linear; its input projections are
+# Parameters of the attention module itself (in_proj_weight, or q/k/v_proj_weight when the dimensions
+# differ), also inside nn.TransformerEncoderLayer/DecoderLayer. Norms, biases, embeddings and recurrent
+# weights stay dense unless chosen with layer_types= (e.g. adding nn.RNNBase, nn.Embedding) or include=.
+# The paper's models hold only Conv2d and Linear weights, so their masks are those of (Conv2d, Linear).
+DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+    nn.MultiheadAttention)
+
+
+def _weights_of(module: nn.Module) -> list[str]:
+    """The weight-matrix or kernel parameters of one module (its own, not its children's): every
+    parameter of two or more dimensions whose name says weight (weight, in_proj_weight, weight_ih_l0...)."""
+    return [n for n, p in module.named_parameters(recurse=False) if p is not None and p.dim() > 1 and "weight" in n]
+
+
 def sparse_layer_names(model: nn.Module,
-                       layer_types: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)) -> list[str]:
-    """Weight names of the layers sparsified by default (and counted per layer by the FLOPs profile)."""
-    return [f"{name}.weight" if name else "weight" for name, mod in model.named_modules()
-            if isinstance(mod, layer_types) and getattr(mod, "weight", None) is not None]
+                       layer_types: tuple[type[nn.Module], ...] = DEFAULT_LAYER_TYPES) -> list[str]:
+    """Weight names of the layers sparsified by default (and counted per layer by the FLOPs profile), in
+    module order: the weights of every module of `layer_types`."""
+    return [f"{name}.{w}" if name else w for name, mod in model.named_modules()
+            if isinstance(mod, layer_types) for w in _weights_of(mod)]
+
+
+def coverage_table(model: nn.Module, sparse: Mapping[str, int]) -> str:
+    """A compact table of the model's parameters grouped by module type: which are sparse (with their
+    active count, `sparse` maps a sparse parameter to it) and which stay dense, plus the dense weight
+    matrices by name (those a user may have meant to sparsify)."""
+    def kind_of(mod: nn.Module) -> str:  # attention's out_proj is a private subclass of Linear
+        return "Linear" if isinstance(mod, nn.Linear) else type(mod).__name__
+
+    owner = {f"{m}.{n}" if m else n: kind_of(mod) for m, mod in model.named_modules()
+             for n, _ in mod.named_parameters(recurse=False)}
+    groups: dict[tuple[str, str], list[int]] = {}  # (sparse|dense, Type.param) -> [tensors, weights, active]
+    dense_matrices = []
+    for name, p in model.named_parameters():
+        kind = "sparse" if name in sparse else "dense"
+        row = groups.setdefault((kind, f"{owner[name]}.{name.rsplit('.', 1)[-1]}"), [0, 0, 0])
+        row[0] += 1
+        row[1] += p.numel()
+        row[2] += sparse.get(name, p.numel())
+        if kind == "dense" and p.dim() > 1:
+            dense_matrices.append(name)
+    total = sum(r[1] for r in groups.values())
+    active = sum(r[2] for r in groups.values())
+    sparse_total = sum(r[1] for (k, _), r in groups.items() if k == "sparse")
+    density = sum(sparse.values()) / max(sparse_total, 1)
+    lines = [f"masking: {len(sparse)} sparse weight tensors at density {density:.4f}; model density {active / max(total, 1):.4f} ({active:,} of {total:,} parameters active)",
+             f"  {'':6s} {'parameter':36s} {'tensors':>7s} {'weights':>13s} {'density':>8s}"]
+    for (kind, what), (tensors, weights, act) in sorted(groups.items(), key=lambda kv: (kv[0][0] != "sparse", kv[0])):
+        lines.append(f"  {kind:6s} {what:36s} {tensors:7d} {weights:13,d} {act / max(weights, 1):8.4f}")
+    if dense_matrices:
+        more = len(dense_matrices) - 6
+        shown = ", ".join(dense_matrices[:6]) + (f" and {more} more" if more > 0 else "")
+        lines.append(f"  dense weight matrices: {shown} (sparsify them with include= or layer_types=)")
+    return "\n".join(lines)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +161,7 @@ class Masking:
                  death_rate_restarts: Sequence[int] = (),
                  no_update_windows: Sequence[tuple[int, int]] = (),
                  momentum_beta: float = 0.9, seed: int = 0, check_invariants: bool = True,
-                 layer_types: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear),
+                 layer_types: tuple[type[nn.Module], ...] = DEFAULT_LAYER_TYPES,
                  include: Sequence[str] | None = None, exclude: Sequence[str] = (),
                  fused_step: bool = True):
         _check_choice(death_mode, DEATH_MODES, "death mode")
@@ -137,6 +195,7 @@ class Masking:
 
         self.generator = torch.Generator().manual_seed(seed)
         self.params: dict[str, nn.Parameter] = {}
+        self.dense_params: dict[str, nn.Parameter] = {}  # the model's other parameters (model_density)
         self.masks: dict[str, torch.Tensor] = {}
         self.explored: dict[str, torch.Tensor] = {}
         self.budgets: dict[str, int] = {}
@@ -150,7 +209,8 @@ class Masking:
 
     # ------------------------------------------------------------------ setup
     def select_parameters(self, model: nn.Module) -> dict[str, nn.Parameter]:
-        """The weights to sparsify: Conv/Linear weights by default, then include/exclude patterns."""
+        """The weights to sparsify: those of `layer_types` (default DEFAULT_LAYER_TYPES), or every parameter of
+        two or more dimensions matching an `include` pattern; then `exclude` patterns drop some."""
         chosen = {n: model.get_parameter(n) for n in sparse_layer_names(model, self.layer_types)}
         if self.include is not None:
             all_params = dict(model.named_parameters())
@@ -178,9 +238,11 @@ class Masking:
         sparse_init: ERK / ER / uniform (random masks with exact per-layer counts), pruning
         (global magnitude pruning keeping 1 - pf_rate, for PF ensembles), resume (mask = w != 0).
         `masks` restores saved masks exactly and overrides sparse_init.
+        Logs (logger ``sparselearning.core.masking``, INFO) one table of the sparse and dense parameters.
         """
         _check_choice(sparse_init, SPARSE_INITS, "sparse init")
         self.params = self.select_parameters(model)
+        self.dense_params = {n: p for n, p in model.named_parameters() if n not in self.params}
         weights = {n: p.detach() for n, p in self.params.items()}
         if masks is not None:
             missing = set(self.params) - set(masks)
@@ -204,6 +266,7 @@ class Masking:
         if self._needs_momentum:
             self.grad_momentum = {n: torch.zeros_like(p) for n, p in self.params.items()}
         self.apply_mask()
+        log.info("%s", coverage_table(model, self.budgets))
 
     @property
     def _needs_momentum(self) -> bool:
@@ -388,8 +451,15 @@ class Masking:
         return sum(m.numel() for m in self.masks.values())
 
     def density(self) -> float:
-        """Realised overall density of the sparse layers."""
+        """Realised overall density of the sparse layers (active weights over the weights of the sparse
+        tensors); parameters left dense (norms, biases, embeddings...) are not counted: see model_density."""
         return self.num_active() / max(self.num_total(), 1)
+
+    def model_density(self) -> float:
+        """Active weights over all the model's parameters: the sparse layers' active (mask-on) weights plus
+        every parameter left dense. Mask-on, not non-zero: a weight grown at zero is active and trains."""
+        dense = sum(p.numel() for p in self.dense_params.values())
+        return (self.num_active() + dense) / max(self.num_total() + dense, 1)
 
     def layer_densities(self) -> dict[str, float]:
         return {n: self.budgets[n] / m.numel() for n, m in self.masks.items()}

@@ -132,6 +132,58 @@ class Schedule:
                 "death_rate_restarts_each_phase": self.restart_death_rate, **dict(self.info)}
 
 
+# ------------------------------------------------------------------ topology updates a plan makes
+# The paper's CIFAR runs: 250 epochs of 391 steps (batch 128 on 50,000 images), an update every 1,000 steps.
+PAPER_STEPS = 250 * 391
+PAPER_UPDATE_FREQUENCY = 1000
+PAPER_UPDATES = PAPER_STEPS // PAPER_UPDATE_FREQUENCY  # 97
+
+
+def count_update_steps(first: int, last: int, update_frequency: int | None,
+                       no_update_windows: tuple[tuple[int, int], ...] = ()) -> int:
+    """Periodic topology updates at optimizer steps first..last (1-based, inclusive): the multiples of
+    update_frequency outside no_update_windows (Masking.is_update_step's rule). None: a fixed mask, 0."""
+    if not update_frequency or last < first:
+        return 0
+    multiples = range(math.ceil(first / update_frequency) * update_frequency, last + 1, update_frequency)
+    return sum(not any(a <= s <= b for a, b in no_update_windows) for s in multiples)
+
+
+def updates_per_phase(schedule: Schedule, update_frequency: int | None, steps_per_epoch: int,
+                      no_update_windows: tuple[tuple[int, int], ...] = ()) -> list[dict]:
+    """The periodic topology updates of every phase of the plan: the exploration epochs (if any) and each
+    ticket phase, as {"phase": -1 for exploration else k, "epochs": [first, last], "updates": n}."""
+    edges = [(-1, 0, schedule.phase_starts[0])] if schedule.phase_starts[0] > 0 else []
+    edges += [(k, *schedule.phase_bounds(k)) for k in range(schedule.num_tickets)]
+    return [{"phase": k, "epochs": [start + 1, end],
+             "updates": count_update_steps(start * steps_per_epoch + 1, end * steps_per_epoch, update_frequency,
+                                           no_update_windows)}
+            for k, start, end in edges]
+
+
+def suggested_update_frequency(total_steps: int) -> int:
+    """The update frequency that gives about the paper's number of periodic updates (97) in total_steps."""
+    return max(1, round(total_steps * PAPER_UPDATE_FREQUENCY / PAPER_STEPS))
+
+
+def too_few_updates(phases: list[dict], update_frequency: int | None, steps_per_epoch: int,
+                    minimum: int = 2) -> str | None:
+    """One warning line when a phase of a dynamic sparse run has fewer than `minimum` periodic topology
+    updates (a shortened paper command: the run is then hardly dynamic), else None. Fixed masks: None."""
+    if not update_frequency:
+        return None
+    short = [p for p in phases if p["updates"] < minimum]
+    if not short:
+        return None
+    total = max(p["epochs"][1] for p in phases) * steps_per_epoch
+    names = ["exploration" if p["phase"] < 0 else f"phase {p['phase'] + 1}" for p in short]
+    where = "; ".join(f"{name} (epochs {p['epochs'][0]}-{p['epochs'][1]}): {p['updates']}"
+                      for name, p in list(zip(names, short))[:3])
+    return (f"warning: few topology updates with --update-frequency {update_frequency} at {steps_per_epoch} steps per "
+            f"epoch ({where}), so the masks hardly change; --update-frequency {suggested_update_frequency(total)} "
+            f"gives about the paper's {PAPER_UPDATES} updates in this run's {total:,} steps")
+
+
 # ------------------------------------------------------------------ the paper's plans
 def step_schedule(epochs: int, base_lr: float, constant: bool = False, gamma: float = 0.1) -> Schedule:
     """individual / DST / PF: step_lr (x0.1 after E/2 and 3E/4), or a constant LR; one ticket."""

@@ -15,8 +15,9 @@ This package only re-exports the public names.
 from __future__ import annotations
 
 from .augment import augment_batch
-from .eval_inputs import (CIFAR_C_EXTRA, CIFAR_C_STANDARD, OOD_NAMES, list_cifar_c, load_cifar_c, ood_images,
-                          to_channels, to_size)
+from .eval_inputs import (CIFAR_C_EXTRA, CIFAR_C_STANDARD, OOD_NAMES, check_cifar_c, list_cifar_c, load_cifar_c,
+                          ood_images, to_channels, to_size)
+from .formats import DataFileError
 from .loader import BatchLoader, make_loaders, train_val_split
 from .normalization import normalize
 from .sources import DEBIAN_FASHION_MNIST_DIR, DEFAULT_DATA_DIR, clear_cache, load_split
@@ -24,7 +25,8 @@ from .specs import SPECS, DatasetSpec, get_spec
 
 __all__ = [
     "DatasetSpec", "SPECS", "get_spec", "load_split", "train_val_split", "BatchLoader",
-    "augment_batch", "normalize", "make_loaders", "ood_images", "OOD_NAMES", "load_cifar_c",
+    "augment_batch", "normalize", "make_loaders", "ood_images", "OOD_NAMES", "load_cifar_c", "check_cifar_c",
+    "DataFileError",
     "list_cifar_c", "CIFAR_C_STANDARD", "CIFAR_C_EXTRA", "DEFAULT_DATA_DIR",
     "DEBIAN_FASHION_MNIST_DIR", "clear_cache", "to_channels", "to_size",
 ]

@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UsageError
-from .formats import one_line
+from .formats import DataFileError, check_integer_labels, check_uint8_images, one_line
 from .sources import load_split
 from .specs import DatasetSpec
 
 __all__ = ["OOD_NAMES", "to_channels", "to_size", "ood_images", "CIFAR_C_STANDARD", "CIFAR_C_EXTRA",
-           "list_cifar_c", "load_cifar_c"]
+           "list_cifar_c", "check_cifar_c", "load_cifar_c"]
 
 #: Names accepted by :func:`ood_images`.
 OOD_NAMES = ("gaussian", "uniform", "svhn", "cifar10", "cifar100", "mnist", "fashionmnist")
@@ -98,12 +98,7 @@ def list_cifar_c(path: str) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.npy") if p.stem != "labels")
 
 
-def load_cifar_c(path: str, corruption: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Images uint8 (N, 3, 32, 32), labels int64 (N,), severity int64 (N,) in 1..5.
-
-    ``<path>/<corruption>.npy`` holds 5 severities stacked (severity s = rows [(s-1)N/5, sN/5));
-    ``<path>/labels.npy`` holds N labels (or N/5, then repeated for every severity).
-    """
+def _cifar_c_arrays(path: str, corruption: str, mmap: bool) -> tuple[Path, np.ndarray, Path, np.ndarray]:
     folder = Path(path)
     present = list_cifar_c(path)
     f = folder / f"{corruption}.npy"
@@ -113,18 +108,47 @@ def load_cifar_c(path: str, corruption: str) -> tuple[torch.Tensor, torch.Tensor
     if not lf.is_file():
         raise UsageError(f"{lf} is missing; CIFAR-C folders hold labels.npy next to the corruption files")
     try:
-        arr = np.load(f, allow_pickle=False)
+        arr = np.load(f, allow_pickle=False, mmap_mode="r" if mmap else None)
+    except Exception as err:
+        raise DataFileError(f"cannot read {f} ({one_line(err)}); re-download CIFAR-C") from None
+    try:
         lab = np.load(lf, allow_pickle=False)
     except Exception as err:
-        raise UsageError(f"cannot read {f} or {lf} ({one_line(err)}); re-download CIFAR-C") from None
-    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.shape[0] % 5 != 0:
-        raise UsageError(f"{f} has shape {arr.shape}; expected (5*K, H, W, 3) images (5 severities stacked)")
+        raise DataFileError(f"cannot read {lf} ({one_line(err)}); re-download CIFAR-C") from None
+    return f, arr, lf, lab
+
+
+def _checked_cifar_c(f: Path, arr: np.ndarray, lf: Path, lab: np.ndarray, num_classes: int | None) -> np.ndarray:
+    """The labels (one per image, int64) after checking images and labels; DataFileError naming the file."""
+    if arr.ndim != 4 or arr.shape[0] % 5 != 0 or arr.shape[0] == 0:
+        raise DataFileError(f"{f} has shape {arr.shape}; expected (5*K, 32, 32, 3) images (5 severities stacked)")
+    check_uint8_images(arr, f, (32, 32, 3), "(5*K, 32, 32, 3) images (5 severities stacked)")
     n = arr.shape[0]
-    lab = lab.reshape(-1).astype(np.int64)
+    lab = check_integer_labels(lab.reshape(-1), num_classes or 100, lf)
     if lab.shape[0] == n // 5:
         lab = np.tile(lab, 5)
     if lab.shape[0] != n:
-        raise UsageError(f"{lf} has {lab.shape[0]} labels for {n} images in {f}; use the matching labels.npy")
-    images = torch.from_numpy(np.ascontiguousarray(arr.astype(np.uint8, copy=False).transpose(0, 3, 1, 2)))
+        raise DataFileError(f"{lf} has {lab.shape[0]} labels for {n} images in {f}; use the matching labels.npy")
+    return lab
+
+
+def check_cifar_c(path: str, corruption: str, num_classes: int | None = None) -> None:
+    """What load_cifar_c checks, reading only the images' header (memory-mapped): call it for every planned
+    corruption before anything is computed or written."""
+    _checked_cifar_c(*_cifar_c_arrays(path, corruption, mmap=True), num_classes)
+
+
+def load_cifar_c(path: str, corruption: str,
+                 num_classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Images uint8 (N, 3, 32, 32), labels int64 (N,), severity int64 (N,) in 1..5.
+
+    ``<path>/<corruption>.npy`` holds 5 severities stacked (severity s = rows [(s-1)N/5, sN/5)) as uint8
+    (N, 32, 32, 3); ``<path>/labels.npy`` holds N integer labels (or N/5, then repeated for every severity), in
+    0..num_classes-1 (default: at most 100). Anything else is a one-line DataFileError naming the file.
+    """
+    f, arr, lf, lab = _cifar_c_arrays(path, corruption, mmap=False)
+    lab = _checked_cifar_c(f, arr, lf, lab, num_classes)
+    n = arr.shape[0]
+    images = torch.from_numpy(np.ascontiguousarray(arr.transpose(0, 3, 1, 2)))
     severity = torch.arange(n, dtype=torch.int64) // (n // 5) + 1
     return images, torch.from_numpy(lab), severity

@@ -20,7 +20,13 @@ import torch
 from ..errors import UsageError
 from .specs import IMAGE_SHAPES, NUM_LABELS
 
-__all__ = ["CifarUnpickler", "read_cifar_batch", "read_idx", "read_dataset", "one_line"]
+__all__ = ["CifarUnpickler", "read_cifar_batch", "read_idx", "read_dataset", "one_line", "DataFileError",
+           "check_uint8_images", "check_integer_labels"]
+
+
+class DataFileError(UsageError):
+    """A data file is there but holds something other than its format promises (wrong dtype, layout, labels):
+    unlike a missing file, never a reason to skip a set quietly."""
 
 
 class RefusedPickle(pickle.UnpicklingError):
@@ -30,6 +36,38 @@ class RefusedPickle(pickle.UnpicklingError):
 def one_line(err: BaseException) -> str:
     text = " ".join(str(err).split()) or type(err).__name__
     return text[:300]
+
+
+def _values_of(arr: np.ndarray) -> str:
+    """What an array that is not uint8 holds, from its first rows: e.g. "float32 values in [0, 1]", "NaN"."""
+    head = np.asarray(arr[:256])
+    if head.dtype.kind == "f" and np.isnan(head).any():
+        return f"{head.dtype} values with NaN"
+    if head.size and head.dtype.kind in "fiub":
+        return f"{head.dtype} values in [{head.min():g}, {head.max():g}]"
+    return f"{head.dtype} values"
+
+
+def check_uint8_images(arr: np.ndarray, path: Path, shape_tail: tuple[int, ...], layout: str) -> None:
+    """Images must be uint8 (0..255) arrays (N, *shape_tail): float in [0, 1] would read as near-black
+    pixels, int16 would wrap around. DataFileError naming the file otherwise."""
+    if arr.ndim != 1 + len(shape_tail) or tuple(arr.shape[1:]) != tuple(shape_tail):
+        raise DataFileError(f"{path} holds an array of shape {tuple(arr.shape)}, expected {layout}; pass the "
+                            f"released files unchanged")
+    if arr.dtype != np.uint8:
+        raise DataFileError(f"{path} holds {_values_of(arr)}, expected uint8 images (0..255); store the images "
+                            f"as uint8 (e.g. (x * 255).round().astype(np.uint8) for values in [0, 1])")
+
+
+def check_integer_labels(labels: np.ndarray, num_labels: int, path: Path) -> np.ndarray:
+    """Labels as int64, checked: an integer dtype (a float label would be truncated) within [0, num_labels)."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise DataFileError(f"{path} holds {_values_of(labels.reshape(-1))} as labels, expected integer class "
+                            f"indices 0..{num_labels - 1}; pass the released labels file unchanged")
+    labels = labels.astype(np.int64)
+    check_labels(labels, num_labels, path)
+    return labels
 
 
 # =========================================================================== CIFAR pickles
@@ -81,31 +119,35 @@ def _unpickle_cifar(path: Path) -> dict:
         with open(path, "rb") as fh:
             obj = CifarUnpickler(fh, encoding="bytes").load()
     except RefusedPickle as err:
-        raise UsageError(f"{path} was refused: {one_line(err)}, which a CIFAR batch never does - it may run "
-                         f"code; delete it and re-download the dataset") from None
+        raise DataFileError(f"{path} was refused: {one_line(err)}, which a CIFAR batch never does - it may run "
+                            f"code; delete it and re-download the dataset") from None
     except (pickle.UnpicklingError, EOFError, ValueError) as err:  # e.g. truncated: damaged, not dangerous
-        raise UsageError(f"cannot read the CIFAR batch {path}: it is damaged or truncated ({one_line(err)}); "
-                         f"re-download the dataset") from None
+        raise DataFileError(f"cannot read the CIFAR batch {path}: it is damaged or truncated ({one_line(err)}); "
+                            f"re-download the dataset") from None
     if not isinstance(obj, dict):
-        raise UsageError(f"{path} holds a {type(obj).__name__}, not a CIFAR batch dict; re-download the dataset")
-    return obj
+        raise DataFileError(f"{path} holds a {type(obj).__name__}, not a CIFAR batch dict; re-download the dataset")
+    # keys as torchvision reads them: the release's bytes keys (Python 2) or str keys (written by Python 3)
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
-def read_cifar_batch(path: Path, label_key: bytes, num_labels: int) -> tuple[np.ndarray, np.ndarray]:
-    """Images uint8 (N, 3, 32, 32) and labels int64 (N,) of one CIFAR batch file, checked."""
+def read_cifar_batch(path: Path, label_key: bytes | str, num_labels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images uint8 (N, 3, 32, 32) and labels int64 (N,) of one CIFAR batch file, checked. Keys may be bytes
+    (the release) or str, as torchvision accepts."""
     d = _unpickle_cifar(path)
-    if b"data" not in d or label_key not in d:
-        raise UsageError(f"{path} lacks the {label_key.decode()!r}/'data' entries of a CIFAR batch; re-download it")
-    data = np.asarray(d[b"data"])
+    label_key = label_key.decode() if isinstance(label_key, bytes) else label_key
+    if "data" not in d or label_key not in d:
+        keys = ", ".join(repr(k) for k in list(d)[:6]) or "none"
+        raise DataFileError(f"{path} is not a CIFAR batch of this dataset: it has the keys {keys}, a "
+                            f"{'CIFAR-10' if label_key == 'labels' else 'CIFAR-100'} batch has 'data' and "
+                            f"{label_key!r}; pass the python version's folder of this dataset "
+                            f"({'cifar-10-batches-py' if label_key == 'labels' else 'cifar-100-python'})")
+    data = np.asarray(d["data"])
     labels = np.asarray(d[label_key])
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise UsageError(f"{path} holds {data.dtype} data of shape {data.shape}, expected uint8 (N, 3072) "
-                         f"32x32 RGB images; re-download the dataset")
-    if labels.ndim != 1 or labels.shape[0] != data.shape[0] or not np.issubdtype(labels.dtype, np.integer):
-        raise UsageError(f"{path} holds {labels.shape} labels of type {labels.dtype} for {data.shape[0]} images, "
-                         f"expected one integer label per image; re-download the dataset")
-    labels = labels.astype(np.int64)
-    check_labels(labels, num_labels, path)
+    check_uint8_images(data, path, (3 * 32 * 32,), "(N, 3072) rows of 32x32 RGB images")
+    if labels.ndim != 1 or labels.shape[0] != data.shape[0]:
+        raise DataFileError(f"{path} holds {labels.shape} labels for {data.shape[0]} images, expected one label "
+                            f"per image; re-download the dataset")
+    labels = check_integer_labels(labels, num_labels, path)
     return data.reshape(-1, 3, 32, 32), labels
 
 
@@ -113,8 +155,8 @@ def check_labels(labels: np.ndarray, num_labels: int, path: Path) -> None:
     """Labels must lie in [0, num_labels): a label outside would fail deep inside the loss, mid-run."""
     if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= num_labels):
         bad = int(labels.min()) if int(labels.min()) < 0 else int(labels.max())
-        raise UsageError(f"{path} holds label {bad}, outside 0..{num_labels - 1}; the file is damaged or "
-                         f"not this dataset - re-download it")
+        raise DataFileError(f"{path} holds label {bad}, outside 0..{num_labels - 1}; the file is damaged or "
+                            f"not this dataset - re-download it")
 
 
 # =========================================================================== idx files
@@ -127,28 +169,28 @@ def read_idx(path: Path) -> np.ndarray:
     with _open_maybe_gz(path) as fh:
         raw = bytearray(fh.read())  # writable, so the tensors made from it are too
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise UsageError(f"{path} is not an idx file (bad magic number); re-download the dataset")
+        raise DataFileError(f"{path} is not an idx file (bad magic number); re-download the dataset")
     dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
     code, ndim = raw[2], raw[3]
     if code not in dtypes:
-        raise UsageError(f"{path} has unknown idx data type 0x{code:02x}; re-download the dataset")
+        raise DataFileError(f"{path} has unknown idx data type 0x{code:02x}; re-download the dataset")
     dims = np.frombuffer(raw, dtype=">i4", count=ndim, offset=4).astype(np.int64)
     dtype = np.dtype(dtypes[code])
     offset = 4 + 4 * ndim
     count = int(np.prod(dims)) if ndim else 0
     if len(raw) - offset < count * dtype.itemsize:
-        raise UsageError(f"{path} is truncated ({len(raw)} bytes for shape {tuple(dims)}); re-download it")
+        raise DataFileError(f"{path} is truncated ({len(raw)} bytes for shape {tuple(dims)}); re-download it")
     return np.frombuffer(raw, dtype=dtype, count=count, offset=offset).reshape(tuple(dims))
 
 
 def _read_idx_pair(name: str, images_file: Path, labels_file: Path) -> tuple[np.ndarray, np.ndarray]:
     x, y = read_idx(images_file), read_idx(labels_file)
     if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
-        raise UsageError(f"{images_file} / {labels_file} have shapes {x.shape} / {y.shape}, "
-                         "expected (N,H,W) images and (N,) labels; re-download the dataset")
+        raise DataFileError(f"{images_file} / {labels_file} have shapes {x.shape} / {y.shape}, "
+                            "expected (N,H,W) images and (N,) labels; re-download the dataset")
     if x.dtype != np.uint8 or x.shape[1:] != IMAGE_SHAPES[name][1:]:
-        raise UsageError(f"{images_file} holds {x.dtype} images of {x.shape[1]}x{x.shape[2]} pixels, expected "
-                         f"uint8 {IMAGE_SHAPES[name][1]}x{IMAGE_SHAPES[name][2]}; re-download the dataset")
+        raise DataFileError(f"{images_file} holds {x.dtype} images of {x.shape[1]}x{x.shape[2]} pixels, expected "
+                            f"uint8 {IMAGE_SHAPES[name][1]}x{IMAGE_SHAPES[name][2]}; re-download the dataset")
     y = y.astype(np.int64)
     check_labels(y, NUM_LABELS[name], labels_file)
     return x[:, None], y
@@ -161,15 +203,16 @@ def _read_svhn(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         mat = scipy.io.loadmat(str(path))
     except Exception as err:  # corrupt / truncated file
-        raise UsageError(f"cannot read {path} ({one_line(err)}); delete it and re-download SVHN") from None
+        raise DataFileError(f"cannot read {path} ({one_line(err)}); delete it and re-download SVHN") from None
     if "X" not in mat or "y" not in mat or mat["X"].ndim != 4 or mat["X"].shape[:3] != (32, 32, 3):
-        raise UsageError(f"{path} lacks SVHN's X (32,32,3,N) / y arrays; re-download SVHN")
-    x = np.ascontiguousarray(np.transpose(mat["X"], (3, 2, 0, 1))).astype(np.uint8, copy=False)
-    y = mat["y"].reshape(-1).astype(np.int64)
+        raise DataFileError(f"{path} lacks SVHN's X (32,32,3,N) / y arrays; re-download SVHN")
+    x = np.ascontiguousarray(np.transpose(mat["X"], (3, 2, 0, 1)))
+    check_uint8_images(x, path, (3, 32, 32), "SVHN's X of shape (32, 32, 3, N)")
+    y = mat["y"].reshape(-1)
     if y.shape[0] != x.shape[0]:
-        raise UsageError(f"{path} holds {y.shape[0]} labels for {x.shape[0]} images; re-download SVHN")
+        raise DataFileError(f"{path} holds {y.shape[0]} labels for {x.shape[0]} images; re-download SVHN")
+    y = check_integer_labels(y, NUM_LABELS["svhn"] + 1, path)  # SVHN's digit 0 is label 10 (1..10)
     y[y == 10] = 0
-    check_labels(y, NUM_LABELS["svhn"], path)
     return x, y
 
 

@@ -105,7 +105,7 @@ def load_ood_sets(dataset: str, test: TestSet, cfg: EvalConfig, out: Callable[[s
             else:
                 imgs = _ood_no_download(key, test.spec, test.n, cfg, gen)
         except UsageError as err:
-            if explicit:
+            if explicit or isinstance(err, D.DataFileError):  # a set that is there but wrong is never skipped
                 raise
             notes.append(f"ood set {key} skipped: {err}")
             out(f"note: skipping OoD set {key} ({str(err)[:200]}); pass --ood-data to choose the sets")
@@ -174,6 +174,8 @@ def plan_corruptions(cfg: EvalConfig, dataset: str) -> CorruptionPlan:
                          f"{cfg.cf_c_path}; download CIFAR-10-C/100-C there")
     if not (Path(cfg.cf_c_path) / "labels.npy").is_file():
         raise UsageError(f"{Path(cfg.cf_c_path) / 'labels.npy'} is missing; CIFAR-C folders hold labels.npy")
+    for name in names:  # uint8 images, integer labels in range: checked before anything is computed or written
+        D.check_cifar_c(cfg.cf_c_path, name, D.get_spec(dataset).num_classes)
     return CorruptionPlan(kind, names)
 
 
@@ -201,11 +203,12 @@ def corruption_sources(plan: CorruptionPlan, cfg: EvalConfig, test: TestSet
     for name in plan.names:
         f = folder / f"{name}.npy"
         st = f.stat()
-        _, labels, severity = D.load_cifar_c(cfg.cf_c_path, name)  # labels; images loaded again lazily
+        num_classes = test.spec.num_classes
+        _, labels, severity = D.load_cifar_c(cfg.cf_c_path, name, num_classes)  # images loaded again lazily
         sig = hashlib.sha1(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
 
         def make(name=name):
-            return D.load_cifar_c(cfg.cf_c_path, name)[0]
+            return D.load_cifar_c(cfg.cf_c_path, name, num_classes)[0]
 
         src = Source(key=f"cifarC-{name}-{sig}", n=int(labels.shape[0]), labels=labels, make_images=make,
                      desc=f"CIFAR-C {name}")

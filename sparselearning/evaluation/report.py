@@ -197,6 +197,15 @@ def _draw_reliability(plt, d: dict):
     return fig
 
 
+def shown_ood_score(score: str, values) -> tuple[np.ndarray, str]:
+    """A score as the histogram shows it: msp as the max-softmax probability itself (the score ranks by its
+    negative, higher = more OoD), every other score as computed; and the axis label that says which way is OoD."""
+    values = np.asarray(values, dtype=float)
+    if score == "msp":
+        return -values, "ensemble max-softmax probability (lower = more OoD)"
+    return values, f"ensemble OoD score ({score}; higher = more OoD)"
+
+
 def _draw_ood(plt, d: dict):
     from sklearn.metrics import roc_curve
 
@@ -206,34 +215,45 @@ def _draw_ood(plt, d: dict):
         yy = np.r_[np.zeros(len(s_in)), np.ones(len(s_out))]
         fpr, tpr, _ = roc_curve(yy, np.r_[s_in, s_out])
         axes[0].plot(fpr, tpr, label=f"{name} (AUROC {auc:.3f})")
-        axes[1].hist(s_out, bins=40, alpha=0.45, density=True, label=f"OoD {name}")
+        axes[1].hist(shown_ood_score(score, s_out)[0], bins=40, alpha=0.45, density=True, label=f"OoD {name}",
+                     gid=f"ood_{name}")
     first = next(iter(d["roc"].values()))
-    axes[1].hist(first[0], bins=40, alpha=0.6, density=True, label=f"ID {d['dataset']}", color="k", histtype="step")
+    shown_in, xlabel = shown_ood_score(score, first[0])
+    axes[1].hist(shown_in, bins=40, alpha=0.6, density=True, label=f"ID {d['dataset']}", color="k", histtype="step",
+                 gid="id")
     axes[0].plot([0, 1], [0, 1], "k:", lw=1)
     axes[0].set_xlabel("false positive rate (ID flagged)")
     axes[0].set_ylabel("true positive rate (OoD detected)")
     axes[0].set_title(f"ensemble ROC, score {score}")
     axes[0].legend(fontsize=8)
-    axes[1].set_xlabel(f"ensemble OoD score ({score}; higher = more OoD)")
+    axes[1].set_xlabel(xlabel)
     axes[1].set_ylabel("probability density (each histogram integrates to 1)")
-    axes[1].set_title(f"ensemble {score} score distributions")
+    axes[1].set_title(f"ensemble {'max-softmax probability' if score == 'msp' else score + ' score'} distributions")
     axes[1].legend(fontsize=8)
     fig.suptitle(d["title"])
     fig.tight_layout()
     return fig
 
 
+# the corruption plot's colours: the box's median must not share the colour of either mean line
+MEDIAN_COLOUR, MEMBERS_MEAN_COLOUR, ENSEMBLE_MEAN_COLOUR = "tab:green", "tab:blue", "tab:red"
+
+
 def _draw_corruption(plt, d: dict):
+    from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
     for ax, metric in zip(axes, d["metrics"]):
         data = d["ensemble"][metric]
-        ax.boxplot(data, positions=range(1, 6), widths=0.5)
-        ax.plot(range(1, 6), d["members_mean"][metric], "o--", label="members (mean over corruptions)")
-        ax.plot(range(1, 6), [np.mean(v) for v in data], "s-", label="ensemble (mean over corruptions)")
+        ax.boxplot(data, positions=range(1, 6), widths=0.5, medianprops={"color": MEDIAN_COLOUR, "lw": 1.5})
+        ax.plot(range(1, 6), d["members_mean"][metric], "o--", color=MEMBERS_MEAN_COLOUR,
+                label="members (mean over corruptions)")
+        ax.plot(range(1, 6), [np.mean(v) for v in data], "s-", color=ENSEMBLE_MEAN_COLOUR,
+                label="ensemble (mean over corruptions)")
         handles, labels = ax.get_legend_handles_labels()
         handles.append(Patch(facecolor="none", edgecolor="k", label="ensemble: spread over corruptions (box)"))
+        handles.append(Line2D([], [], color=MEDIAN_COLOUR, lw=1.5, label="ensemble: median over corruptions"))
         ax.set_xlabel("corruption severity")
         ax.set_ylabel(metric)
         ax.set_title(f"{metric} over {d['kind']} corruptions")
