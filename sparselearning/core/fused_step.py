@@ -12,9 +12,10 @@ over the sparse layers' gradients. ``MaskedStep`` applies the mask inside an exi
   (Adam's ``lerp_``, Nesterov's look-ahead), so the gradient is masked in its own pass, then
   ``optimizer.step()`` runs as always: values equal the eager masked step's.
 
-On the CPU every mask is multiplied in as a cached copy in the parameter's dtype: PyTorch's CPU kernels
-run float x uint8 products element by element (about 5x slower than float x float, measured by
-benchmarks/bench_masking.py), while other devices read the mask's bytes directly (a uint8 view).
+On the CPU every mask is multiplied in as a cached copy in the parameter's dtype (4 bytes per weight of
+memory): PyTorch's CPU kernels run float x uint8 products element by element, several times slower than
+float x float (benchmarks/bench_masking.py times the uint8 pass against a plain one), while other devices
+read the mask's bytes directly (a uint8 view).
 
 After a fused SGD step ``p.grad`` still holds the unmasked gradient (nothing reads it before the next
 backward; topology-update steps do not go through here).
