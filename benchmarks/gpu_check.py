@@ -510,7 +510,7 @@ def print_budget(names: list[str], limits: dict[str, float]) -> None:
 
 
 def run_sections(cfg: Config, names: list[str], out: Path, limits: dict[str, float] | None = None) -> dict:
-    limits = {n: BUDGET[n][1] for n in names} if limits is None else limits
+    limits = {n: _limit(cfg, n) for n in names} if limits is None else limits
     report = {"dry_run": cfg.dry_run, "device": str(cfg.device), "machine": machine_info(), "torch": torch.__version__,
               "cuda": torch.version.cuda, "device_name": (torch.cuda.get_device_name(cfg.device)
                                                           if cfg.device.type == "cuda" else "cpu"),
