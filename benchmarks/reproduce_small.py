@@ -90,6 +90,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from sparselearning.costs import ensemble_training_flops, run_cost
 from sparselearning.errors import UsageError
 from sparselearning.jobs import Job
 from sparselearning.launch import LAUNCHERS, add_slurm_args, launch, slurm_settings
@@ -346,9 +347,10 @@ def collect(plan: Plan) -> dict:
         for method in tabled[1:]:
             rows = rows_deep if method == "deep" else load_rows(plan.ensemble_dir(method, r))
             sums = [summary(d) for d in plan.runs_of(method, r)]
-            flops = sum(s["training_flops"] for s in sums)
-            if method == "PF":  # the dense pre-training of each member counts
-                flops += sum(s["training_flops"] for s in dense_runs)
+            # the one accounting (sparselearning.costs): PF's dense pre-training read from its --pretrained run
+            flops = ensemble_training_flops([run_cost(s, d) for s, d in zip(sums, plan.runs_of(method, r))])
+            if flops is None:
+                raise SystemExit(f"{method}: the summary.json of a pre-trained model is missing; rerun its dense run")
             if plan.kind(method) == "EDST":  # M tickets of one run, each with the run's mask size
                 params = len(sums[0]["tickets"]) * sums[0]["parameters"]["active"]
             else:

@@ -30,7 +30,7 @@ class Job:
 
 
 def run_jobs(jobs: list[Job], n_parallel: int, threads: int, log_dir: Path, echo_commands: bool = False,
-             stopped_by: str = "jobs", cwd: Path = REPO) -> None:
+             stopped_by: str = "jobs", cwd: Path = REPO, to_resume: str = "run it again to resume") -> None:
     """Run the jobs respecting their dependencies, n_parallel at a time, each with `threads` torch threads,
     from the folder `cwd` (the repository root unless given).
 
@@ -46,7 +46,7 @@ def run_jobs(jobs: list[Job], n_parallel: int, threads: int, log_dir: Path, echo
     t0, logs = time.time(), {}
 
     def on_term(signum, frame):
-        raise SystemExit(f"{stopped_by} stopped by signal {signum}; run it again to resume")
+        raise SystemExit(f"{stopped_by} stopped by signal {signum}; {to_resume}")
 
     previous = signal.signal(signal.SIGTERM, on_term)
     try:

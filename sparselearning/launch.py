@@ -38,6 +38,7 @@ from .errors import OneLineArgumentParser, UsageError, run_cli
 from .jobs import REPO, Job, run_jobs
 
 LAUNCHERS = ("local", "slurm")
+TO_RESUME = "the members keep their last complete checkpoints - run the same command plus --resume to continue"
 SLURM_TOOLS = ("sbatch", "srun")  # submitit's SLURM executor needs both on PATH
 # launcher flags and whether each takes a value (members are launched without them)
 LAUNCH_FLAGS = {"--seeds": True, "--launcher": True, "--parallel": True, "--wait": False, "--slurm-partition": True,
@@ -188,9 +189,12 @@ class Member(Checkpointable):
         argv = self.argv
         if int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0:  # requeued by SLURM itself (preemption)
             argv = self.resumed().argv
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
         if self.distributed:  # RANK, WORLD_SIZE, MASTER_ADDR... from SLURM's: the torchrun code path, no torchrun
             TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+            # as torchrun does, threads per process are limited (here: to the task's CPUs) unless set
+            env = dict(os.environ, PYTHONUNBUFFERED="1")
+            env.setdefault("OMP_NUM_THREADS", os.environ.get("SLURM_CPUS_PER_TASK", "1"))
         # the child ignores SLURM's USR2 (meant for submitit here); checkpoint() stops it with SIGTERM
         self._proc = subprocess.Popen([sys.executable, self.script, *argv], cwd=self.cwd, env=env,
                                       preexec_fn=lambda: signal.signal(signal.SIGUSR2, signal.SIG_IGN))
@@ -344,7 +348,7 @@ def _launch(program: Path, check, argv: list[str], opts: argparse.Namespace, dis
             print(f"{job.name}: {run_dir} (log: {output_dir / 'logs' / (job.name + '.log')})", flush=True)
         n = min(opts.parallel, len(jobs))
         run_jobs(jobs, n, max(1, (os.cpu_count() or 1) // n), output_dir / "logs", stopped_by=program.name,
-                 cwd=Path.cwd())
+                 cwd=Path.cwd(), to_resume=TO_RESUME)
         return
     slurm = slurm_settings(opts, output_dir, program.stem, distributed)
     members = [Member(str(program), a, os.getcwd(), distributed) for a in runs]

@@ -37,7 +37,7 @@ import torch
 from helpers import REPO, Proc, assert_one_line_error, assert_same_run, tree_state, write_fashion_mnist
 from models import get_model
 from sparselearning import checkpoint as ckpt
-from sparselearning import train as T
+from sparselearning import recipes as T  # main() lives in recipes since Run(plan)
 from sparselearning.errors import run_cli
 from sparselearning.evaluation import discover_tickets
 

@@ -16,7 +16,6 @@ import pytest
 from helpers import REPO, assert_one_line_error, assert_same_run, same, tree_state, write_fashion_mnist
 from sparselearning import checkpoint as ckpt
 from sparselearning.errors import UsageError
-from sparselearning.jobs import Job
 from sparselearning.launch import launcher_parser, member_argvs, slurm_settings
 
 FLAGS = ["--sparse", "--density", "0.2", "--update-frequency", "3", "--model", "cnn-small", "--data", "fashionmnist",
@@ -199,7 +198,7 @@ def test_local_members_train_then_stopped_members_resume_bit_identical(tmp_path)
         time.sleep(0.02)
     launcher.send_signal(signal.SIGTERM)
     log = launcher.communicate(timeout=120)[0]
-    assert launcher.returncode != 0 and "stopped by signal 15" in log, log[-3000:]
+    assert launcher.returncode != 0 and "stopped by signal 15" in log and "plus --resume" in log, log[-3000:]
     epochs = [int(ckpt.safe_load(p)["epoch"]) for p in (out / run).glob("seed=*/last.pth")]
     assert min(epochs) < 4  # stopped before the end
     r = subprocess.run([*cmd, "--resume"], cwd=REPO, capture_output=True, text=True, timeout=900)
@@ -271,7 +270,7 @@ def test_imagenet_job_sets_up_ddp_from_slurm_and_trains_as_torchrun_does(slurm, 
     for rank in (0, 1):
         env = dict(os.environ, SUBMITIT_EXECUTOR="slurm", SLURM_JOB_ID=job_id, SLURM_PROCID=str(rank),
                    SLURM_LOCALID=str(rank), SLURM_NTASKS="2", SLURM_JOB_NUM_NODES="1", SLURM_NODEID="0",
-                   SLURM_JOB_NODELIST="localhost")
+                   SLURM_JOB_NODELIST="localhost", SLURM_CPUS_PER_TASK="1")  # 1 thread each, as torchrun's
         tasks.append(subprocess.Popen([sys.executable, "-u", "-m", "submitit.core._submit", str(out / "slurm" / "%j")],
                                       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     logs = [t.communicate(timeout=600)[0] for t in tasks]

@@ -7,7 +7,7 @@ import pytest
 
 from sparselearning.core.schedules import (PAPER_UPDATES, count_update_steps, edst_schedule, step_schedule,
                                            suggested_update_frequency, too_few_updates, updates_per_phase)
-from sparselearning.train import main
+from sparselearning.recipes import main
 
 
 def test_count_update_steps_by_hand():

@@ -14,7 +14,7 @@ Modules
 ``records``      what a mode returns (rows, tables, extras, figure data)
 ``report``       printed tables, results JSON/CSV, PNG figures
 ``runner``       one run: checks, then modes on shared logits, then the files
-``compare``      ``--compare``: several folders in the paper's Table 1 layout
+``compare``      ``--compare``: several folders in the paper's Table 1 layout (``compare_rows``: its rows)
 ``cli``          the parser of ``ensemble_freetickets.py``
 ``metrics``      the metrics themselves (pure functions of tensors)
 

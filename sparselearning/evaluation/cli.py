@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import Sequence
 
 from ..errors import OneLineArgumentParser
 from . import metrics as Mx
+from .compare import CompareConfig, compare
 from .config import EvalConfig, parse_modes
+from .runner import evaluate
 
-__all__ = ["build_parser", "config_from_args", "main"]
+__all__ = ["build_parser", "config_from_args", "compare_config", "main"]
 
 # Accepted so the original script's command lines still parse; they do nothing here.
 _IGNORED_FLAGS = [
@@ -64,6 +67,14 @@ def _add_eval_flags(p: argparse.ArgumentParser) -> None:
                         "evaluated first (predict,disagreement,calibration into DIR/eval). Writes "
                         "compare_<run_id>.{json,csv}, compare_latest.* and plots/<run_id>_compare.png into "
                         "--output-dir, default <parent of the first DIR>/compare")
+    p.add_argument("--allow-mixed", action="store_true",
+                   help="with --compare: allow folders of different models or datasets in one table (the rows "
+                        "name theirs)")
+    p.add_argument("--members-per-ensemble", type=int, default=None, metavar="K",
+                   help="with --compare: each folder holds ensembles of K tickets (in natural order, e.g. DST/ "
+                        "with seed=1..9 and K=3: three ensembles), reported as mean ± std over them (default: "
+                        "one ensemble per folder, or one per run folder when every run holds several tickets, "
+                        "as EDST/M=3/ with several seed=* runs)")
     p.add_argument("--data", "--dataset", dest="dataset", default=None,
                    help="cifar10, cifar100, fashionmnist or mnist; optional (default: the one the tickets "
                         "record), must agree with the tickets")
@@ -137,17 +148,22 @@ def config_from_args(args, argv: Sequence[str] | None = None) -> EvalConfig:
     )
 
 
+def compare_config(args: argparse.Namespace, argv: Sequence[str] | None = None) -> CompareConfig:
+    """The parsed flags of ``--compare``: the evaluation flags become the template of the evaluations."""
+    flags = argparse.Namespace(**{**vars(args), "mode": "predict,disagreement,calibration", "resume": ""})
+    template = dataclasses.replace(config_from_args(flags, argv), modes_explicit=False, output_dir=None)
+    return CompareConfig(folders=list(args.compare), output_dir=args.output_dir, template=template,
+                         command=template.command, allow_mixed=args.allow_mixed,
+                         members_per_ensemble=args.members_per_ensemble)
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     """Entry point of ``ensemble_freetickets.py`` (wrap with :func:`sparselearning.errors.run_cli`)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.compare is not None:
-        from .compare import compare, compare_config
-
         return compare(compare_config(args, argv))
     missing = [f for f, v in (("--mode", args.mode), ("--resume", args.resume)) if v is None]
     if missing:
         parser.error(f"the following arguments are required: {', '.join(missing)} (or pass --compare DIR ...)")
-    from .runner import evaluate
-
     return evaluate(config_from_args(args, argv))

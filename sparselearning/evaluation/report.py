@@ -301,20 +301,68 @@ def _draw_ensemble_size(plt, d: dict):
     return fig
 
 
+def _compare_label(r: dict, rows: Sequence[dict]) -> str:
+    """A row's legend entry: method, M, density and flags (plus its folder when that is still ambiguous)."""
+    density = "?" if r["density"] is None else f"{r['density']:.3g}"
+    label = f"{r['method']} M={r['M']} d={density}" + (f" {r['flags']}" if r["flags"] else "")
+    if r["n"] > 1:
+        label += f" (n={r['n']})"
+    twins = [q for q in rows if q is not r and q["method"] == r["method"] and q["M"] == r["M"]
+             and q["density"] == r["density"] and q["flags"] == r["flags"]]
+    return f"{label} [{r['folder']}]" if twins else label
+
+
+def _reference_line(ax, r: dict, key: str, colour: str, label: str) -> None:
+    v, sd = r.get(key), r.get(f"{key}_std")
+    if v is None:
+        return
+    ax.axhline(v, color=colour, ls="--", lw=1.2, label=label)
+    if sd:
+        ax.axhspan(v - sd, v + sd, color=colour, alpha=0.12, lw=0)
+
+
 def _draw_compare(plt, d: dict):
+    """Accuracy, NLL and ECE against training FLOPs (top) and test-time parameters (bottom).
+
+    One marker per compared ensemble with error bars over its replicates; the dense model and the
+    dense deep ensemble are horizontal reference lines (with their std as a band); the legend names
+    each marker, so no label sits on the data.
+    """
     rows = d["rows"]
-    labels = [f"{r['method']}\nM={r['M']}, d={fmt(r['density'])}" for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(4.2 * 3, 4.2))
-    for ax, (key, label) in zip(axes, (("acc", "ensemble accuracy"), ("nll", "ensemble NLL (nats)"),
-                                       ("ece", "ensemble ECE"))):
-        values = [np.nan if r[key] is None else r[key] for r in rows]
-        bars = ax.bar(range(len(rows)), values, color="tab:blue")
-        ax.bar_label(bars, fmt="%.4f", fontsize=7)
-        ax.set_xticks(range(len(rows)), labels, fontsize=7)
-        ax.set_xlabel("method (ensemble size M, density d)")
-        ax.set_ylabel(label)
-    fig.suptitle(d["title"])
-    fig.tight_layout()
+    refs = {("dense", "single"): ("k", "dense model (mean ± std of its runs)"),
+            ("dense", "ensemble"): ("tab:grey", "dense deep ensemble")}
+    points = [r for r in rows if (r["method"], r["role"]) not in refs]
+    markers = "osD^vP*Xh<>p"
+    colours = plt.get_cmap("tab10")
+    metrics = (("acc", "ensemble accuracy"), ("nll", "ensemble NLL (nats)"), ("ece", "ensemble ECE"))
+    xs = (("training_flops_relative", "training FLOPs (x one dense model, see the table's basis)", 1.0),
+          ("parameters", "test-time parameters (millions, all members)", 1e6))
+    fig, axes = plt.subplots(2, 3, figsize=(14, 8.2))
+    for i, (xkey, xlabel, xscale) in enumerate(xs):
+        for j, (key, ylabel) in enumerate(metrics):
+            ax = axes[i, j]
+            for k, r in enumerate(points):
+                x, y = r.get(xkey), r.get(key)
+                if x is None or y is None:
+                    continue
+                xerr = (r.get(f"{xkey}_std") or 0) / xscale
+                ax.errorbar(x / xscale, y, xerr=xerr or None, yerr=r.get(f"{key}_std") or None,
+                            marker=markers[k % len(markers)], color=colours(k % 10), ms=8, capsize=3, ls="none",
+                            label=_compare_label(r, rows))
+            for r in rows:
+                if (r["method"], r["role"]) in refs:
+                    colour, label = refs[(r["method"], r["role"])]
+                    cost = [f"{r['training_flops_relative']:.2f}x FLOPs"] if r.get("training_flops_relative") else []
+                    cost += [f"{r['parameters'] / 1e6:.3g}M params"] if r.get("parameters") else []
+                    _reference_line(ax, r, key, colour, f"{label}: {', '.join(cost)} [{r['folder']}]")
+            ax.margins(x=0.15, y=0.12)
+            ax.set_xlabel(xlabel, fontsize=8)
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.suptitle(f"{d['title']}\ntraining FLOPs relative to {d.get('basis', 'one dense model')}", fontsize=10)
+    fig.tight_layout(rect=(0, 0.04 + 0.025 * math.ceil(len(labels) / 2), 1, 1))
     return fig
 
 
