@@ -12,8 +12,10 @@ Dense and sparse interleave at a fine grain: every repeat runs ``--chunk`` batch
 ``--chunk`` sparse (the order flips each chunk), until each has run ``--batches``; a repeat's ratio
 is total sparse over total dense throughput and the reported ratio is the median over repeats, so a
 shared machine's changing load hits both alike. ``--threads`` sets torch's intra-op threads (on a
-loaded machine 1 thread per process is several times faster than oversubscribed OpenMP). Targets: sparse >= 0.95x dense (masking must cost nothing noticeable); pipeline >= 5x the
-dense model step (the data never bounds training).
+loaded machine 1 thread per process is several times faster than oversubscribed OpenMP). The sparse model
+uses the engine's default masked step (the mask inside SGD's update); ``--no-fused-step`` times the separate
+gradient pass instead. Targets: sparse >= 0.97x dense end to end (masking must cost nothing noticeable);
+pipeline >= 5x the dense model step (the data never bounds training).
 
     python benchmarks/bench_train.py [--model cnn-small] [--density 0.2] [--batches 40] [--repeats 5] [--threads 1]
     python benchmarks/bench_train.py --device cuda --amp --channels-last   # on a GPU
@@ -47,6 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--update-frequency", type=int, default=100,
                         help="sparse topology update every N steps (gradient growth), so updates are timed too")
+    parser.add_argument("--no-fused-step", action="store_true", help="sparse: mask gradients in a pass of their own")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--amp", action="store_true", help="mixed precision (CUDA only: bf16, or fp16 + GradScaler)")
     parser.add_argument("--channels-last", action="store_true", help="channels-last model and batches (CUDA)")
@@ -85,7 +88,8 @@ def main(argv: list[str] | None = None) -> dict:
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
         mask = None
         if sparse:
-            mask = Masking(opt, death_rate=0.5, growth_mode="gradient", update_frequency=args.update_frequency, seed=0)
+            mask = Masking(opt, death_rate=0.5, growth_mode="gradient", update_frequency=args.update_frequency, seed=0,
+                           fused_step=not args.no_fused_step)
             mask.add_module(model, density=args.density, sparse_init="ERK")
         autocast, scaler = autocast_context(device, args.amp)
         return model, opt, mask, autocast, scaler
@@ -155,13 +159,13 @@ def main(argv: list[str] | None = None) -> dict:
           f"{', channels-last' if args.channels_last else ''}")
     print(f"{args.model} on {args.data}, batch {args.batch_size}, {args.batches} batches x {args.repeats} repeats "
           f"(medians); sparse: ERK density {mask.density():.3f}, gradient growth every {args.update_frequency} steps "
-          f"({mask.num_updates} updates timed)")
+          f"({mask.num_updates} updates timed), {'separate mask pass' if args.no_fused_step else 'fused masked step'}")
     print(f"data pipeline alone        : {med['pipeline']:10.0f} images/s")
     print(f"model step only, dense     : {med['step_dense']:10.0f} images/s")
     print(f"model step only, sparse    : {med['step_sparse']:10.0f} images/s   ratio {step_ratio:.3f}x")
     print(f"end to end, dense          : {med['e2e_dense']:10.0f} images/s")
     print(f"end to end, sparse         : {med['e2e_sparse']:10.0f} images/s   ratio {e2e_ratio:.3f}x "
-          f"(target >= 0.95x: {'met' if e2e_ratio >= 0.95 else 'MISSED'})")
+          f"(target >= 0.97x: {'met' if e2e_ratio >= 0.97 else 'MISSED'})")
     print(f"pipeline / dense model step: {pipe_ratio:10.1f}x   (target >= 5x: {'met' if pipe_ratio >= 5 else 'MISSED'})")
     spread = {k: (min(v), max(v)) for k, v in res.items()}
     print("ranges (min-max images/s): " + ", ".join(f"{k} {a:.0f}-{b:.0f}" for k, (a, b) in spread.items()))

@@ -1,152 +1,86 @@
-"""The GPU check (issue 13): one run that measures what only a GPU can tell, with the project's own pieces.
+"""The GPU check: one run that measures what only a GPU can tell, with the project's own pieces.
 
-Sections (each one is timed and reported on its own; one failing does not stop the others):
+Sections, in this order (correctness first, then throughput, compile last). Each runs in its own forked
+process under its own time limit: one that fails, hangs or runs out of time is reported ("fail", "error",
+"timeout") and the others still run. The parent never initialises CUDA (NVML answers whether a GPU is
+there), so every section starts with a fresh CUDA context.
 
-- throughput_wrn       dense vs sparse training, WRN-28-10 at CIFAR shapes (images/s), fp32
-- throughput_resnet50  dense vs sparse, torchvision ResNet-50 at 224, fp32 and bf16 autocast
-- amp                  fp32 vs bf16 autocast (WRN, dense and sparse)
-- channels_last        channels-last model and batches on/off (WRN sparse)
+- fp16_overflow        a GradScaler fp16 step with one gradient set to inf through Masking.step(scaler=):
+                       asserts the step is skipped, not counted, runs no topology update, changes no mask or
+                       weight; the next finite step runs the due update
+- masks_identical      two runs from one seed on the device under torch.use_deterministic_algorithms: identical
+                       masks after three topology updates
+- host_syncs           host-waiting calls per training step (dense, sparse, sparse update step), counted by
+                       sync_counter.HostSyncCounter and CUDA's sync debug mode
+- ddp                  DistributedDataParallel over NCCL at world size 1 around the engine's loop (on the CPU:
+                       gloo); then ddp_engine: the engine itself (ImageNet/main.py under torchrun) in 2 processes
+- throughput_wrn       dense vs sparse training, WRN-28-10 at CIFAR shapes, fp32 with the engine's settings
+                       (TF32, cudnn autotuning); the sparse figure includes one topology update per 1000 steps
+                       (the default update frequency): the update step is timed apart and amortised
+- throughput_resnet50  dense vs sparse, torchvision ResNet-50 at 224, fp32 and bf16 (each alone)
+- amp                  fp32 (engine settings) vs bf16 autocast, WRN dense and sparse: precision alone changes
+- channels_last        channels-last on vs off, WRN sparse: memory format alone changes
+- imagenet_pipeline    images/s of the ImageNet data path, --decode pil vs --decode gpu
+- end_to_end           the engine (main_individual.py) dense vs --sparse for a few hundred steps: the user's figure
 - compile              torch.compile on/off (WRN sparse), compile time apart
-- host_syncs           calls that make the host wait for the GPU, per training step (dense, sparse,
-                       sparse update step), counted by HostSyncCounter (and CUDA's sync debug mode)
-- ddp                  DistributedDataParallel over NCCL at world size 1: trains, masks checked in sync
-- masks_identical      two runs from one seed on the device: identical masks after topology updates
-- fp16_overflow        a GradScaler fp16 step with one gradient set to inf: was the step skipped, and did
-                       Masking's topology update run anyway
-- imagenet_pipeline    images/s of the ImageNet data path (image_folder -> image_loader -> DeviceBatches)
-                       over a small ImageFolder of JPEGs written to a temporary folder
 
-Everything comes from inside the machine (generated tensors and images). ``--dry-run`` runs every
-section on the CPU at tiny shapes in well under a minute, so the test suite keeps this script working;
-bf16 is skipped there (the engine's --amp is CUDA-only) and torch.compile uses the "eager" backend.
+Everything comes from inside the machine (generated tensors, images and CIFAR files). ``--dry-run`` runs
+every section on the CPU at tiny shapes, so the test suite keeps this script working; bf16 is skipped
+there (the engine's --amp is CUDA-only) and torch.compile uses the "eager" backend.
 
-    python benchmarks/gpu_check.py --out gpu_check_out          # on a GPU, a few minutes
-    python benchmarks/gpu_check.py --dry-run --out /tmp/gc      # anywhere, seconds
+    python benchmarks/gpu_check.py --out gpu_check_out          # on a GPU (estimates: RESULTS.md)
+    python benchmarks/gpu_check.py --dry-run --out /tmp/gc      # anywhere
 
 Writes ``gpu_check.json`` (all figures) and ``gpu_check.md`` (tables for benchmarks/RESULTS.md) into --out,
 rewritten after every section so a run cut short still leaves what it measured.
 """
 from __future__ import annotations
 
-import argparse
-import collections
-import contextlib
-import dataclasses
-import itertools
-import json
 import os
-import socket
-import sys
-import tempfile
-import threading
-import time
-import traceback
-import warnings
-from pathlib import Path
-from typing import Callable
 
-import torch
-import torch.nn.functional as F
+os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # is_available() without a CUDA context: fork stays safe
+
+import argparse  # noqa: E402
+import collections  # noqa: E402
+import contextlib  # noqa: E402
+import dataclasses  # noqa: E402
+import itertools  # noqa: E402
+import json  # noqa: E402
+import multiprocessing  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Callable  # noqa: E402
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(REPO))
+for _path in (REPO, REPO / "benchmarks"):  # run as a script from anywhere
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
+import gpu_check_engine as engine  # noqa: E402
+from gpu_check_engine import CheckFailed, free_port  # noqa: E402
 from models import get_model, imagenet_resnet  # noqa: E402
 from models.wide_resnet import WideResNet  # noqa: E402
 from sparselearning.core.distributed import assert_masks_in_sync, mask_checksum, masks_in_sync  # noqa: E402
 from sparselearning.core.masking import Masking  # noqa: E402
 from sparselearning.errors import UsageError, run_cli  # noqa: E402
+from sparselearning.loop import autocast_context, speed_settings, train_one_epoch  # noqa: E402
 from sparselearning.provenance import machine_info  # noqa: E402
-from sparselearning.loop import autocast_context, train_one_epoch  # noqa: E402
+from sync_counter import HostSyncCounter, cuda_sync_warnings  # noqa: E402
 
-SECTIONS = ("throughput_wrn", "throughput_resnet50", "amp", "channels_last", "compile", "host_syncs", "ddp",
-            "masks_identical", "fp16_overflow", "imagenet_pipeline")
-
-
-# ---------------------------------------------------------------------------------- host-sync counter
-class HostSyncCounter:
-    """Counts, while active, the Python calls that make the host wait for the device.
-
-    Patches torch.Tensor's item / cpu / tolist / numpy / __bool__ / __float__ / __int__ and
-    torch.cuda.synchronize. ``counts`` holds every call by name; ``device_counts`` only those on
-    a non-CPU tensor (on a GPU, the calls that really synchronise). Nested calls (one of these
-    calling another) count once. Syncs inside C++ (e.g. nonzero) are not seen: on CUDA, pair it
-    with ``torch.cuda.set_sync_debug_mode`` (see :func:`cuda_sync_warnings`).
-
-        with HostSyncCounter() as syncs:
-            loss.item()
-        syncs.total, syncs.counts["item"]
-    """
-
-    TENSOR_METHODS = ("item", "cpu", "tolist", "numpy", "__bool__", "__float__", "__int__")
-
-    def __init__(self):
-        self.counts: collections.Counter = collections.Counter()
-        self.device_counts: collections.Counter = collections.Counter()
-        self._saved: list[tuple[object, str, object]] = []
-        self._local = threading.local()
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-    @property
-    def on_device(self) -> int:
-        return sum(self.device_counts.values())
-
-    def _wrap(self, name: str, original: Callable, tensor_method: bool) -> Callable:
-        counter = self
-
-        def counted(*args, **kwargs):
-            depth = getattr(counter._local, "depth", 0)
-            if depth == 0:
-                counter.counts[name] += 1
-                if not tensor_method or (args and args[0].device.type != "cpu"):
-                    counter.device_counts[name] += 1
-            counter._local.depth = depth + 1
-            try:
-                return original(*args, **kwargs)
-            finally:
-                counter._local.depth = depth
-
-        return counted
-
-    def __enter__(self) -> "HostSyncCounter":
-        targets = [(torch.Tensor, name, True) for name in self.TENSOR_METHODS]
-        targets.append((torch.cuda, "synchronize", False))
-        for owner, name, tensor_method in targets:
-            self._saved.append((owner, name, vars(owner).get(name, _MISSING)))
-            setattr(owner, name, self._wrap(name, getattr(owner, name), tensor_method))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for owner, name, original in reversed(self._saved):
-            if original is _MISSING:  # inherited (e.g. from torch._C.TensorBase): drop the patch
-                delattr(owner, name)
-            else:
-                setattr(owner, name, original)
-        self._saved.clear()
-
-
-_MISSING = object()
-
-
-@contextlib.contextmanager
-def cuda_sync_warnings():
-    """On CUDA: a list that fills with one entry per synchronising CUDA call (torch's sync debug mode)."""
-    found: list[str] = []
-    if not torch.cuda.is_available():
-        yield found
-        return
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            yield found
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    found.extend(str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message))
+# name: (estimate on one H100, time limit), seconds; the estimates are RESULTS.md's
+BUDGET = {
+    "fp16_overflow": (10, 60), "masks_identical": (15, 90), "host_syncs": (15, 90), "ddp": (15, 90),
+    "ddp_engine": (25, 120), "throughput_wrn": (25, 120), "throughput_resnet50": (30, 150), "amp": (30, 150),
+    "channels_last": (20, 120), "imagenet_pipeline": (20, 120), "end_to_end": (40, 240), "compile": (55, 240),
+}
+SECTIONS = tuple(BUDGET)
+TESTS_ESTIMATE_S = 45  # pytest -m cuda in gpu_check.sh
+DRY_RUN_LIMIT_S = 900
 
 
 # ---------------------------------------------------------------------------------- configuration
@@ -163,7 +97,6 @@ class Config:
     resnet_steps: int
     warmup: int
     density: float
-    update_frequency: int
     sync_steps: int
     pipeline_images_per_class: int
     pipeline_image_shape: tuple[int, int]  # height, width of the written JPEGs
@@ -171,13 +104,14 @@ class Config:
     pipeline_batch: int
     workers: int
     compile_backend: str
+    update_frequency: int = 1000  # the engine's default (--update-frequency)
 
     @classmethod
     def for_run(cls, dry_run: bool, device: torch.device, workers: int | None) -> "Config":
         if dry_run:
-            return cls(device, True, (10, 1), 4, 3, "resnet18", 32, 2, 2, 1, 0.2, 3, 3, 6, (40, 48), 32, 4,
+            return cls(device, True, (10, 1), 4, 3, "resnet18", 32, 2, 2, 1, 0.2, 3, 6, (40, 48), 32, 4,
                        0 if workers is None else workers, "eager")  # workers: the fork server alone takes ~10 s
-        return cls(device, False, (28, 10), 128, 100, "resnet50", 224, 64, 40, 10, 0.2, 100, 10, 320, (375, 500),
+        return cls(device, False, (28, 10), 128, 50, "resnet50", 224, 64, 25, 8, 0.2, 10, 160, (375, 500),
                    224, 32, min(8, os.cpu_count() or 1) if workers is None else workers, "inductor")
 
 
@@ -195,6 +129,12 @@ def _no_bf16_reason(cfg: Config) -> str:
             else "this GPU has no bf16")
 
 
+def _limit(cfg: Config, name: str) -> float:
+    """A section's time limit: the GPU one, or on the dry run's CPU (possibly shared, far slower) at least
+    DRY_RUN_LIMIT_S."""
+    return max(BUDGET[name][1], DRY_RUN_LIMIT_S) if cfg.dry_run else BUDGET[name][1]
+
+
 # ---------------------------------------------------------------------------------- one training measurement
 @dataclasses.dataclass
 class Setup:
@@ -208,7 +148,10 @@ class Setup:
 
 def build_setup(cfg: Config, kind: str, *, sparse: bool, bf16: bool = False, channels_last: bool = False,
                 compiled: bool = False, update_frequency: int | None = None, batches: int = 4) -> Setup:
-    """A model of `kind` ("wrn" or "resnet") on the device with its optimizer, Masking and synthetic batches."""
+    """A model of `kind` ("wrn" or "resnet") on the device with its optimizer, Masking and synthetic batches,
+    under the engine's speed settings (TF32, cudnn autotuning) unless deterministic settings are on."""
+    if not torch.are_deterministic_algorithms_enabled():
+        speed_settings(cfg.device, note=None)
     torch.manual_seed(0)
     if kind == "wrn":
         depth, widen = cfg.wrn
@@ -243,24 +186,38 @@ def run_steps(s: Setup, steps: int) -> None:
                     progress=False)
 
 
-def measure(cfg: Config, kind: str, *, steps: int, **setup_kwargs) -> dict:
-    """images/s of `steps` training steps after cfg.warmup untimed ones (warm-up time reported apart)."""
-    s = build_setup(cfg, kind, **setup_kwargs)
+def _timed_steps(cfg: Config, s: Setup, steps: int) -> float:
     _sync(cfg.device)
-    t0 = time.perf_counter()
-    run_steps(s, cfg.warmup)
-    _sync(cfg.device)
-    t1 = time.perf_counter()
-    updates_before = s.masking.num_updates if s.masking else 0
+    start = time.perf_counter()
     run_steps(s, steps)
     _sync(cfg.device)
-    t2 = time.perf_counter()
+    return time.perf_counter() - start
+
+
+def measure(cfg: Config, kind: str, *, steps: int, **setup_kwargs) -> dict:
+    """images/s of `steps` training steps after cfg.warmup untimed ones (warm-up time reported apart).
+
+    Sparse: the window holds no topology update; one update step is timed apart and its extra time is
+    spread over the update frequency (``images_per_s`` is that amortised figure, ``window_images_per_s``
+    the window's own)."""
+    s = build_setup(cfg, kind, **setup_kwargs)
+    warmup = _timed_steps(cfg, s, cfg.warmup)
+    seconds = _timed_steps(cfg, s, steps)
     batch = s.batches[0][0].shape[0]
-    out = {"images_per_s": round(steps * batch / (t2 - t1), 1), "ms_per_step": round(1000 * (t2 - t1) / steps, 2),
-           "warmup_s": round(t1 - t0, 2), "steps": steps, "batch": batch}
+    step_s = seconds / steps
+    out = {"images_per_s": round(batch / step_s, 1), "ms_per_step": round(1000 * step_s, 2),
+           "warmup_s": round(warmup, 2), "steps": steps, "batch": batch}
     if s.masking:
-        out["topology_updates_timed"] = s.masking.num_updates - updates_before
-        out["density"] = round(s.masking.density(), 4)
+        freq = s.masking.update_frequency
+        s.masking.steps = freq - 1 - (s.masking.steps % freq == freq - 1)  # the next step is an update step
+        updates = s.masking.num_updates
+        update_step_s = _timed_steps(cfg, s, 1)
+        if s.masking.num_updates != updates + 1:
+            raise CheckFailed("the step timed as the topology update step ran no update")
+        amortised = step_s + max(update_step_s - step_s, 0.0) / freq
+        out.update(window_images_per_s=out["images_per_s"], images_per_s=round(batch / amortised, 1),
+                   update_step_ms=round(1000 * update_step_s, 1), update_frequency=freq,
+                   density=round(s.masking.density(), 4))
     if cfg.device.type == "cuda":
         out["max_memory_gib"] = round(torch.cuda.max_memory_allocated(cfg.device) / 2 ** 30, 2)
         torch.cuda.reset_peak_memory_stats(cfg.device)
@@ -271,58 +228,74 @@ def ratio(a: dict, b: dict) -> float:
     return round(a["images_per_s"] / b["images_per_s"], 3)
 
 
-# ---------------------------------------------------------------------------------- sections
-def section_throughput_wrn(cfg: Config) -> dict:
-    dense = measure(cfg, "wrn", steps=cfg.wrn_steps, sparse=False)
-    sparse = measure(cfg, "wrn", steps=cfg.wrn_steps, sparse=True)
-    return {"model": "wrn-%d-%d" % cfg.wrn, "dense": dense, "sparse": sparse, "sparse_over_dense": ratio(sparse, dense)}
+# ---------------------------------------------------------------------------------- correctness sections
+def section_fp16_overflow(cfg: Config) -> dict:
+    """An update step whose fp16 gradient overflows, through Masking.step(scaler=): the scaler must skip it,
+    Masking must not count it nor update the topology, no mask or weight may change; the next finite step
+    runs the due update."""
+    s = build_setup(cfg, "wrn", sparse=True, update_frequency=1)  # every counted step is an update step
+    on_cuda = cfg.device.type == "cuda"
+    scaler = torch.amp.GradScaler(cfg.device.type)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.float16)) if on_cuda else contextlib.nullcontext
+    model, masking = s.model, s.masking
+    bias = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1].bias  # never masked
+    weights_before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    masks_before = {n: m.clone() for n, m in masking.masks.items()}
+    scale_before = scaler.get_scale()
+
+    def step(x, y, overflow: bool) -> bool:
+        s.optimizer.zero_grad(set_to_none=True)
+        with autocast():
+            loss = F.cross_entropy(model(x), y)
+        scaler.scale(loss).backward()
+        if overflow:
+            bias.grad[0] = float("inf")
+        updated = masking.step(scaler=scaler)
+        scaler.update()
+        return updated
+
+    updated = step(*s.batches[0], overflow=True)
+    changed = {n: int((p.detach() != weights_before[n]).sum()) for n, p in model.named_parameters()}
+    out = {"precision": "fp16 autocast" if on_cuda else "fp32 compute, CPU GradScaler (dry run)",
+           "scale_before": scale_before, "scale_after": scaler.get_scale(), "steps_counted": masking.steps,
+           "topology_update_ran": bool(updated) or masking.num_updates > 0,
+           "mask_entries_changed": sum(int((masks_before[n] != m).sum()) for n, m in masking.masks.items()),
+           "params_changed": sum(changed.values())}
+    next_updated = step(*s.batches[1], overflow=False)
+    out.update(next_step_counted=masking.steps == 1, next_step_ran_update=bool(next_updated))
+    expected = {"steps_counted": 0, "topology_update_ran": False, "mask_entries_changed": 0, "params_changed": 0,
+                "next_step_counted": True, "next_step_ran_update": True}
+    wrong = {k: out[k] for k, v in expected.items() if out[k] != v}
+    if scaler.get_scale() >= scale_before or wrong:
+        raise CheckFailed(f"skipped fp16 step: expected {expected} and a lower scale, got {wrong or out}")
+    return {**out, "expected": "skipped step: not counted, no update, masks and weights unchanged"}
 
 
-def section_throughput_resnet50(cfg: Config) -> dict:
-    out = {"model": cfg.resnet, "image_size": cfg.resnet_size}
-    precisions = ["fp32"] + (["bf16"] if _bf16_supported(cfg) else [])
-    for precision in precisions:
-        kw = {"steps": cfg.resnet_steps, "bf16": precision == "bf16", "channels_last": precision == "bf16"}
-        dense = measure(cfg, "resnet", sparse=False, **kw)
-        sparse = measure(cfg, "resnet", sparse=True, update_frequency=cfg.resnet_steps, **kw)
-        out[precision] = {"dense": dense, "sparse": sparse, "sparse_over_dense": ratio(sparse, dense),
-                          "channels_last": kw["channels_last"]}
-    if "bf16" not in out:
-        out["bf16_skipped"] = _no_bf16_reason(cfg)
-    return out
+def _masks_after_updates(cfg: Config, steps: int) -> tuple[dict, Masking]:
+    s = build_setup(cfg, "wrn", sparse=True, update_frequency=2)
+    run_steps(s, steps)
+    _sync(cfg.device)
+    return {n: m.detach().cpu().clone() for n, m in s.masking.masks.items()}, s.masking
 
 
-def section_amp(cfg: Config) -> dict:
-    out = {"model": "wrn-%d-%d" % cfg.wrn}
-    for sparse in (False, True):
-        name = "sparse" if sparse else "dense"
-        fp32 = measure(cfg, "wrn", steps=cfg.wrn_steps, sparse=sparse)
-        out[name] = {"fp32": fp32}
-        if _bf16_supported(cfg):
-            bf16 = measure(cfg, "wrn", steps=cfg.wrn_steps, sparse=sparse, bf16=True)
-            out[name].update(bf16=bf16, bf16_over_fp32=ratio(bf16, fp32))
-    if not _bf16_supported(cfg):
-        out["skipped"] = _no_bf16_reason(cfg)
-    return out
-
-
-def section_channels_last(cfg: Config) -> dict:
-    bf16 = _bf16_supported(cfg)
-    off = measure(cfg, "wrn", steps=cfg.wrn_steps, sparse=True, bf16=bf16)
-    on = measure(cfg, "wrn", steps=cfg.wrn_steps, sparse=True, bf16=bf16, channels_last=True)
-    return {"model": "wrn-%d-%d sparse" % cfg.wrn, "precision": "bf16" if bf16 else "fp32", "off": off, "on": on,
-            "on_over_off": ratio(on, off)}
-
-
-def section_compile(cfg: Config) -> dict:
-    bf16 = _bf16_supported(cfg)
-    off = measure(cfg, "wrn", steps=cfg.wrn_steps, sparse=True, bf16=bf16)
-    on = measure(cfg, "wrn", steps=cfg.wrn_steps, sparse=True, bf16=bf16, compiled=True)
-    out = {"model": "wrn-%d-%d sparse" % cfg.wrn, "precision": "bf16" if bf16 else "fp32",
-           "backend": cfg.compile_backend, "off": off, "on": on, "on_over_off": ratio(on, off),
-           "compile_and_warmup_s": on["warmup_s"]}
-    if cfg.dry_run:
-        out["note"] = "dry run: backend 'eager' (dynamo tracing only); inductor needs a GPU run to mean anything"
+def section_masks_identical(cfg: Config) -> dict:
+    """Two runs from one seed under deterministic settings must give identical masks (cudnn autotuning and
+    atomics-based kernels may otherwise change gradients in their last bits, and so ties in growth)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before CUDA starts in this process
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    steps = 6  # three topology updates
+    first, masking = _masks_after_updates(cfg, steps)
+    second, _ = _masks_after_updates(cfg, steps)
+    differing = {n: int((first[n] != second[n]).sum()) for n in first}
+    budgets_kept = all(int(first[n].sum()) == masking.budgets[n] for n in first)
+    out = {"model": "wrn-%d-%d sparse" % cfg.wrn, "topology_updates": masking.num_updates,
+           "settings": "torch.use_deterministic_algorithms(True), cudnn.deterministic, no cudnn autotuning",
+           "identical": not any(differing.values()), "differing_entries": sum(differing.values()),
+           "layers_differing": sorted(n for n, d in differing.items() if d)[:8],
+           "per_layer_counts_kept": budgets_kept, "checksum": mask_checksum(first).tolist()}
+    if not (out["identical"] and budgets_kept):
+        raise CheckFailed(f"masks differ between two deterministic runs: {out}")
     return out
 
 
@@ -345,15 +318,14 @@ def section_host_syncs(cfg: Config) -> dict:
     dense = build_setup(cfg, "wrn", sparse=False)
     sparse = build_setup(cfg, "wrn", sparse=True, update_frequency=10 ** 9)  # no topology update in the window
     every = build_setup(cfg, "wrn", sparse=True, update_frequency=1)  # every step a topology update
-    return {"model": "wrn-%d-%d" % cfg.wrn, "steps": n, "dense": _count_syncs(cfg, dense, n),
-            "sparse_plain_step": _count_syncs(cfg, sparse, n), "sparse_update_step": _count_syncs(cfg, every, n),
-            "note": "python calls: Tensor.item/cpu/tolist/numpy/__bool__/__float__/__int__ and cuda.synchronize"}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    out = {"model": "wrn-%d-%d" % cfg.wrn, "steps": n, "dense": _count_syncs(cfg, dense, n),
+           "sparse_plain_step": _count_syncs(cfg, sparse, n), "sparse_update_step": _count_syncs(cfg, every, n),
+           "note": "per step over a train_one_epoch of N steps (its end-of-epoch reads divided by N); "
+                   f"counted: {', '.join(HostSyncCounter.TENSOR_METHODS + HostSyncCounter.TORCH_FUNCTIONS)}, "
+                   "bool indexing, .to(cpu)"}
+    if out["sparse_plain_step"]["python_calls_per_step"] > out["dense"]["python_calls_per_step"]:
+        raise CheckFailed(f"a sparse step waits for the device more often than a dense one: {out}")
+    return out
 
 
 @contextlib.contextmanager
@@ -362,7 +334,7 @@ def single_process_group(backend: str, device: torch.device):
     import torch.distributed as dist
 
     saved = {k: os.environ.get(k) for k in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1",
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1",
                       LOCAL_RANK="0")
     kwargs = {"device_id": device} if backend == "nccl" else {}
     dist.init_process_group(backend, init_method="env://", **kwargs)
@@ -388,135 +360,82 @@ def section_ddp(cfg: Config) -> dict:
         s.model = DistributedDataParallel(s.model, device_ids=[cfg.device.index or 0] if backend == "nccl" else None)
         s.masking.broadcast_masks(src=0)
         run_steps(s, cfg.warmup)
-        _sync(cfg.device)
-        start = time.perf_counter()
-        run_steps(s, cfg.sync_steps)
-        _sync(cfg.device)
-        seconds = time.perf_counter() - start
+        seconds = _timed_steps(cfg, s, cfg.sync_steps)
         assert_masks_in_sync(s.masking.masks)
         return {"backend": backend, "world_size": dist.get_world_size(), "all_reduce_ok": bool((probe == 3.0).all()),
                 "model": "wrn-%d-%d sparse (update every 2 steps)" % cfg.wrn, "topology_updates": s.masking.num_updates,
                 "masks_in_sync": masks_in_sync(s.masking.masks),
                 "images_per_s": round(cfg.sync_steps * s.batches[0][0].shape[0] / seconds, 1),
-                **({"note": "CPU dry run: gloo instead of nccl"} if backend != "nccl" else {})}
+                "note": "world size 1: checks that NCCL starts and DDP wraps the engine's loop; the cross-rank "
+                        "mask check is section ddp_engine" + ("" if backend == "nccl" else "; CPU: gloo")}
 
 
-def _masks_after_updates(cfg: Config, steps: int) -> tuple[dict, Masking]:
-    s = build_setup(cfg, "wrn", sparse=True, update_frequency=2)
-    run_steps(s, steps)
-    _sync(cfg.device)
-    return {n: m.detach().cpu().clone() for n, m in s.masking.masks.items()}, s.masking
+def section_ddp_engine(cfg: Config) -> dict:
+    return engine.ddp_engine(cfg.dry_run, timeout=_limit(cfg, "ddp_engine") - 10)
 
 
-def section_masks_identical(cfg: Config) -> dict:
-    steps = 6  # three topology updates
-    first, masking = _masks_after_updates(cfg, steps)
-    second, _ = _masks_after_updates(cfg, steps)
-    differing = {n: int((first[n] != second[n]).sum()) for n in first}
-    budgets_kept = all(int(first[n].sum()) == masking.budgets[n] for n in first)
-    return {"model": "wrn-%d-%d sparse" % cfg.wrn, "topology_updates": masking.num_updates,
-            "identical": not any(differing.values()), "differing_entries": sum(differing.values()),
-            "layers_differing": sorted(n for n, d in differing.items() if d)[:8],
-            "per_layer_counts_kept": budgets_kept, "checksum": mask_checksum(first).tolist(),
-            "cudnn_deterministic": torch.backends.cudnn.deterministic}
+# ---------------------------------------------------------------------------------- throughput sections
+def section_throughput_wrn(cfg: Config) -> dict:
+    dense = measure(cfg, "wrn", steps=cfg.wrn_steps, sparse=False)
+    sparse = measure(cfg, "wrn", steps=cfg.wrn_steps, sparse=True)
+    return {"model": "wrn-%d-%d" % cfg.wrn, "precision": "fp32 (TF32 on, as the engine)", "dense": dense,
+            "sparse": sparse, "sparse_over_dense": ratio(sparse, dense)}
 
 
-def section_fp16_overflow(cfg: Config) -> dict:
-    """One update step whose fp16 gradient overflows: the scaler must skip it; does Masking still update?"""
-    s = build_setup(cfg, "wrn", sparse=True, update_frequency=1)
-    on_cuda = cfg.device.type == "cuda"
-    scaler = torch.amp.GradScaler(cfg.device.type)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.float16)) if on_cuda else contextlib.nullcontext
-    model, masking = s.model, s.masking
-    bias = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1].bias  # never masked
-    weights_before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    masks_before = {n: m.clone() for n, m in masking.masks.items()}
-    scale_before = scaler.get_scale()
-    x, y = s.batches[0]
-    s.optimizer.zero_grad(set_to_none=True)
-    with autocast():
-        loss = F.cross_entropy(model(x), y)
-    scaler.scale(loss).backward()
-    bias.grad[0] = float("inf")
-    updated = masking.step(lambda: scaler.step(s.optimizer))
-    scaler.update()
-    changed = {n: int((p.detach() != weights_before[n]).sum()) for n, p in model.named_parameters()}
-    sparse_names = set(masking.masks)
-    return {"precision": "fp16 autocast" if on_cuda else "fp32 compute, CPU GradScaler (dry run)",
-            "scale_before": scale_before, "scale_after": scaler.get_scale(),
-            "scaler_skipped_step": scaler.get_scale() < scale_before
-            and all(changed[n] == 0 for n in changed if n not in sparse_names),
-            "topology_update_ran": bool(updated) or masking.num_updates > 0,
-            "mask_entries_changed": sum(int((masks_before[n] != m).sum()) for n, m in masking.masks.items()),
-            "sparse_weights_changed": sum(changed[n] for n in sparse_names),
-            "dense_params_changed": sum(v for n, v in changed.items() if n not in sparse_names),
-            "expected": "step skipped, no topology update, masks and weights unchanged"}
+def section_throughput_resnet50(cfg: Config) -> dict:
+    out = {"model": cfg.resnet, "image_size": cfg.resnet_size}
+    for precision in ["fp32"] + (["bf16"] if _bf16_supported(cfg) else []):
+        dense = measure(cfg, "resnet", steps=cfg.resnet_steps, sparse=False, bf16=precision == "bf16")
+        sparse = measure(cfg, "resnet", steps=cfg.resnet_steps, sparse=True, bf16=precision == "bf16")
+        out[precision] = {"dense": dense, "sparse": sparse, "sparse_over_dense": ratio(sparse, dense)}
+    if "bf16" not in out:
+        out["bf16_skipped"] = _no_bf16_reason(cfg)
+    return out
 
 
-def _write_jpegs(root: Path, cfg: Config) -> int:
-    """train/<class>/*.jpg: smooth colour fields plus noise (ImageNet-like JPEG sizes and decode work)."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    h, w = cfg.pipeline_image_shape
-    yy, xx = np.mgrid[0:h, 0:w]
-    noise = rng.normal(0, 20, (h, w, 3))
-    count = 0
-    for c in ("n00000001", "n00000002"):
-        (root / "train" / c).mkdir(parents=True)
-        (root / "val" / c).mkdir(parents=True)
-        for i in range(cfg.pipeline_images_per_class):
-            slope_y, slope_x = rng.uniform(0.2, 1, 2)
-            base = np.stack([(yy * slope_y + xx * slope_x + k * 60) % 256 for k in range(3)], -1)
-            img = np.clip(base + np.roll(noise, i, axis=1), 0, 255).astype(np.uint8)
-            Image.fromarray(img).save(root / "train" / c / f"{i}.jpg", quality=90)
-            count += 1
-        Image.fromarray(img).save(root / "val" / c / "0.jpg", quality=90)
-    return count
+def section_amp(cfg: Config) -> dict:
+    out = {"model": "wrn-%d-%d" % cfg.wrn, "fp32": "TF32 on, as the engine"}
+    if not _bf16_supported(cfg):
+        return {**out, "skipped": _no_bf16_reason(cfg)}
+    for sparse in (False, True):
+        fp32 = measure(cfg, "wrn", steps=cfg.wrn_steps, sparse=sparse)
+        bf16 = measure(cfg, "wrn", steps=cfg.wrn_steps, sparse=sparse, bf16=True)
+        out["sparse" if sparse else "dense"] = {"fp32": fp32, "bf16": bf16, "bf16_over_fp32": ratio(bf16, fp32)}
+    return out
 
 
-def _timed_pass(batches, device: torch.device) -> tuple[float, float, int]:
-    """(seconds to the first batch, images/s after it, images) of one pass over `batches`."""
-    _sync(device)
-    start = time.perf_counter()
-    first_at, after_first, seen = None, 0, 0
-    for x, _ in batches:
-        _sync(device)
-        seen += int(x.shape[0])
-        if first_at is None:
-            first_at = time.perf_counter()
-        else:
-            after_first += int(x.shape[0])
-    end = time.perf_counter()
-    rate = after_first / (end - first_at) if after_first and end > first_at else float("nan")
-    return first_at - start, rate, seen
+def section_channels_last(cfg: Config) -> dict:
+    bf16 = _bf16_supported(cfg)
+    off = measure(cfg, "wrn", steps=cfg.wrn_steps, sparse=True, bf16=bf16)
+    on = measure(cfg, "wrn", steps=cfg.wrn_steps, sparse=True, bf16=bf16, channels_last=True)
+    return {"model": "wrn-%d-%d sparse" % cfg.wrn, "precision": "bf16" if bf16 else "fp32", "off": off, "on": on,
+            "on_over_off": ratio(on, off)}
 
 
 def section_imagenet_pipeline(cfg: Config) -> dict:
-    """Training transform (RandomResizedCrop, flip) in the workers, normalisation on the device, as ImageNet/main.py."""
-    from sparselearning.data.imagenet import DeviceBatches, image_folder, image_loader
+    return engine.pipeline(cfg.device, cfg.pipeline_images_per_class, cfg.pipeline_image_shape, cfg.pipeline_size,
+                           cfg.pipeline_batch, cfg.workers)
 
-    with tempfile.TemporaryDirectory(prefix="gpu_check_imagefolder_") as tmp:
-        t0 = time.perf_counter()
-        n = _write_jpegs(Path(tmp), cfg)
-        written = time.perf_counter() - t0
-        ds = image_folder(tmp, "train", cfg.pipeline_size)
-        loader = image_loader(ds, cfg.pipeline_batch, cfg.workers, cfg.device, shuffle=True, drop_last=False)
-        batches = DeviceBatches(loader, cfg.device)
-        passes = [_timed_pass(batches, cfg.device) for _ in range(3)]  # the first one starts the fork server
-    h, w = cfg.pipeline_image_shape
-    steady = sorted(rate for _, rate, _ in passes[1:])
-    return {"images": n, "jpeg_shape": f"{w}x{h}", "crop": cfg.pipeline_size, "batch": cfg.pipeline_batch,
-            "workers": cfg.workers, "cpu_count": os.cpu_count(), "images_per_s": round(steady[-1], 1),
-            "first_batch_s": [round(p[0], 2) for p in passes], "all_images_seen": all(p[2] == n for p in passes),
-            "write_s": round(written, 2), "note": "images/s after each pass's first batch (workers restart per pass, "
-                                                   "as in training); best of passes 2-3"}
+
+def section_end_to_end(cfg: Config) -> dict:
+    return engine.end_to_end(cfg.dry_run, timeout=_limit(cfg, "end_to_end") - 10)
+
+
+def section_compile(cfg: Config) -> dict:
+    bf16 = _bf16_supported(cfg)
+    off = measure(cfg, "wrn", steps=cfg.wrn_steps, sparse=True, bf16=bf16)
+    on = measure(cfg, "wrn", steps=cfg.wrn_steps, sparse=True, bf16=bf16, compiled=True)
+    out = {"model": "wrn-%d-%d sparse" % cfg.wrn, "precision": "bf16" if bf16 else "fp32",
+           "backend": cfg.compile_backend, "off": off, "on": on, "on_over_off": ratio(on, off),
+           "compile_and_warmup_s": on["warmup_s"]}
+    if cfg.dry_run:
+        out["note"] = "dry run: backend 'eager' (dynamo tracing only); inductor needs a GPU run to mean anything"
+    return out
 
 
 # ---------------------------------------------------------------------------------- report
-HEADLINE_KEYS = ("images_per_s", "_over_", "per_step", "identical", "in_sync", "skipped", "ran", "changed",
-                 "compile_and_warmup_s", "model", "backend", "precision", "error", "note")
+HEADLINE_KEYS = ("images_per_s", "_over_", "per_step", "identical", "in_sync", "ran", "changed", "counted",
+                 "checks", "compile_and_warmup_s", "model", "backend", "precision", "error", "note", "skipped")
 
 
 def markdown(report: dict) -> str:
@@ -525,7 +444,8 @@ def markdown(report: dict) -> str:
              f"{report['machine']}; CUDA {report['cuda']}; all sections {report['total_s']} s", "",
              "| section | figure | value |", "|---|---|---|"]
     for name, result in report["sections"].items():
-        lines.append(f"| **{name}** | status, seconds | {result.get('status')}, {result.get('seconds', '?')} |")
+        lines.append(f"| **{name}** | status, seconds (estimate) | {result.get('status')}, {result.get('seconds', '?')} "
+                     f"({BUDGET[name][0]}) |")
         for key, value in _flatten(result):
             if any(h in key.rsplit(".", 1)[-1] for h in HEADLINE_KEYS) and key != "status":
                 lines.append(f"| | {key} | {value} |")
@@ -546,19 +466,60 @@ def write_report(report: dict, out: Path) -> None:
     (out / "gpu_check.md").write_text(markdown(report))
 
 
-def run_sections(cfg: Config, names: list[str], out: Path) -> dict:
+# ---------------------------------------------------------------------------------- running sections
+def _section_child(name: str, cfg: Config, conn) -> None:
+    """In the forked process: run one section, send back its result."""
+    try:
+        result = {"status": "ok", **globals()[f"section_{name}"](cfg)}
+    except CheckFailed as err:
+        result = {"status": "fail", "error": str(err)[:1500]}
+    except Exception as err:  # one broken section must not hide the others' figures
+        result = {"status": "error", "error": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}",
+                  "traceback": traceback.format_exc()[-2000:]}
+    conn.send(json.loads(json.dumps(result, default=str)))
+    conn.close()
+
+
+def run_section(name: str, cfg: Config, limit: float) -> dict:
+    """One section in a forked process under `limit` seconds: its result, or status "timeout"/"error"."""
+    ctx = multiprocessing.get_context("fork")
+    receive, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_section_child, args=(name, cfg, send), name=f"gpu_check_{name}")
+    proc.start()
+    send.close()
+    try:
+        if receive.poll(limit):
+            return receive.recv()
+        return {"status": "timeout", "error": f"no result within its {limit:.0f} s limit; stopped"}
+    except EOFError:  # the child died without a word (a crash, the OOM killer)
+        proc.join(5)
+        return {"status": "error", "error": f"the section's process exited with code {proc.exitcode}"}
+    finally:
+        if proc.is_alive():
+            proc.kill()
+        proc.join(10)
+
+
+def print_budget(names: list[str], limits: dict[str, float]) -> None:
+    estimate = sum(BUDGET[n][0] for n in names)
+    print(f"gpu_check time budget (estimates for one H100; limits stop a section, not the check): "
+          f"{estimate} s for {len(names)} sections + ~{TESTS_ESTIMATE_S} s of CUDA tests in gpu_check.sh = "
+          f"{(estimate + TESTS_ESTIMATE_S) / 60:.1f} min", flush=True)
+    for n in names:
+        print(f"  {n:20s} estimate {BUDGET[n][0]:4d} s, limit {limits[n]:5.0f} s", flush=True)
+
+
+def run_sections(cfg: Config, names: list[str], out: Path, limits: dict[str, float] | None = None) -> dict:
+    limits = {n: _limit(cfg, n) for n in names} if limits is None else limits
     report = {"dry_run": cfg.dry_run, "device": str(cfg.device), "machine": machine_info(), "torch": torch.__version__,
               "cuda": torch.version.cuda, "device_name": (torch.cuda.get_device_name(cfg.device)
                                                           if cfg.device.type == "cuda" else "cpu"),
-              "config": {k: str(v) for k, v in dataclasses.asdict(cfg).items()}, "sections": {}, "total_s": 0}
+              "config": {k: str(v) for k, v in dataclasses.asdict(cfg).items()}, "sections": {}, "total_s": 0,
+              "budget": {n: {"estimate_s": BUDGET[n][0], "limit_s": limits[n]} for n in names}}
     start = time.perf_counter()
     for name in names:
         t0 = time.perf_counter()
-        try:
-            result = {"status": "ok", **globals()[f"section_{name}"](cfg)}
-        except Exception as err:  # one broken section must not hide the others' figures
-            result = {"status": "error", "error": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}",
-                      "traceback": traceback.format_exc()[-2000:]}
+        result = run_section(name, cfg, limits[name])
         result["seconds"] = round(time.perf_counter() - t0, 2)
         report["sections"][name] = result
         report["total_s"] = round(time.perf_counter() - start, 1)
@@ -570,7 +531,7 @@ def run_sections(cfg: Config, names: list[str], out: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes: every section, in seconds")
+    parser.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes: every section")
     parser.add_argument("--out", default="gpu_check_out", help="folder for gpu_check.json and gpu_check.md")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list out of {','.join(SECTIONS)}")
     parser.add_argument("--workers", type=int, default=None, help="data workers of imagenet_pipeline")
@@ -582,14 +543,14 @@ def main(argv: list[str] | None = None) -> dict:
                          f"{', '.join(SECTIONS)}")
     if not args.dry_run and not torch.cuda.is_available():
         raise UsageError("no CUDA device here; run on a GPU machine, or add --dry-run to check the script on the CPU")
-    device = torch.device("cpu") if args.dry_run else torch.device("cuda", torch.cuda.current_device())
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # as ImageNet/main.py; fixed shapes throughout
+    device = torch.device("cpu") if args.dry_run else torch.device("cuda", 0)
     cfg = Config.for_run(args.dry_run, device, args.workers)
-    report = run_sections(cfg, names, Path(args.out))
-    failed = [n for n, r in report["sections"].items() if r["status"] != "ok"]
+    limits = {n: _limit(cfg, n) for n in names}
+    print_budget(names, limits)
+    report = run_sections(cfg, names, Path(args.out), limits)
+    failed = [f"{n} ({r['status']})" for n, r in report["sections"].items() if r["status"] != "ok"]
     print(f"gpu_check: {len(names) - len(failed)}/{len(names)} sections ok in {report['total_s']} s; "
-          f"figures in {Path(args.out) / 'gpu_check.md'}" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+          f"figures in {Path(args.out) / 'gpu_check.md'}" + (f"; NOT OK: {', '.join(failed)}" if failed else ""))
     if failed:
         sys.exit(1)
     return report

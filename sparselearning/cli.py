@@ -107,6 +107,8 @@ def common_parser(prog: str, description: str) -> OneLineArgumentParser:
                                                                  "format (faster convolutions on tensor cores)")
     s.add_argument("--compile", action="store_true", help="torch.compile the model for training (the first steps "
                                                            "compile); tickets and last.pth stay plain state_dicts")
+    s.add_argument("--no-fused-step", action="store_true", help="mask gradients in a pass of their own instead of "
+                                                                 "inside the optimizer's update (same values)")
     add_sparse_args(parser)
     add_launcher_args(parser)
     return parser

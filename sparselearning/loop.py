@@ -70,16 +70,35 @@ def to_channels_last(model: nn.Module) -> nn.Module:
     return model
 
 
+class _DynamicBatch(nn.Module):
+    """Calls `compiled` with the batch dimension of its input marked dynamic: one graph for every batch
+    size (the epoch's partial last batch included) instead of a second, shape-specialised compile."""
+
+    def __init__(self, compiled: nn.Module):
+        super().__init__()
+        self.compiled = compiled
+
+    def forward(self, x, *args, **kwargs):
+        if torch.is_tensor(x) and x.dim() > 0:
+            torch._dynamo.maybe_mark_dynamic(x, 0)
+        return self.compiled(x, *args, **kwargs)
+
+    @property
+    def _orig_mod(self) -> nn.Module:  # what checkpoints save of a compiled module (checkpoint.py)
+        return self.compiled._orig_mod
+
+
 def compiled_for_training(wrap: Callable[[nn.Module], nn.Module] | None = None,
-                          backend: str | None = None) -> Callable[[nn.Module], nn.Module]:
-    """--compile: a RunPlan.wrap_model that torch.compiles the training module (after `wrap`, e.g. DDP).
+                          backend: str | Callable | None = None) -> Callable[[nn.Module], nn.Module]:
+    """--compile: a RunPlan.wrap_model that torch.compiles the training module (after `wrap`, e.g. DDP),
+    batch dimension dynamic (one compile for the whole run).
 
     The Run keeps the plain model for validation, tickets and last.pth, so nothing saved carries
     torch.compile's ``_orig_mod.`` prefix. backend: torch.compile's (default inductor).
     """
     def build(model: nn.Module) -> nn.Module:
         net = wrap(model) if wrap is not None else model
-        return torch.compile(net, **({"backend": backend} if backend else {}))
+        return _DynamicBatch(torch.compile(net, **({"backend": backend} if backend else {})))
     return build
 
 

@@ -66,7 +66,8 @@ def sparse_plan(args: argparse.Namespace, init: dict, fixed_mask: bool) -> Spars
                             redistribution_mode=args.redistribution, death_rate_schedule=args.decay_schedule,
                             final_death_rate=args.final_death_rate,
                             update_frequency=None if fixed_mask else args.update_frequency,
-                            threshold=args.death_threshold, momentum_beta=args.momentum, seed=args.seed)
+                            threshold=args.death_threshold, momentum_beta=args.momentum, seed=args.seed,
+                            fused_step=not args.no_fused_step)
     return SparsePlan(init=init, masking=masking, stop_updates_frac=args.stop_updates_frac,
                       reexplore_rate=args.large_death_rate)
 

@@ -40,7 +40,7 @@ from .runfolder import RunLock, check_resume_source, file_id, holds_a_run, missi
 # flags that may differ between an interrupted run and its --resume
 RESUME_FREE_FLAGS = frozenset({"resume", "overwrite", "device", "no_cuda", "workers", "log_interval", "data_dir",
                                "output_dir", "no_progress", "amp", "tensorboard", "no_tf32", "channels_last",
-                               "compile"})
+                               "compile", "no_fused_step"})
 
 
 # ---------------------------------------------------------------------------------- the parts of a run

@@ -37,10 +37,14 @@ def momentum_growth(mask: torch.Tensor, momentum: torch.Tensor, n_grow: int) -> 
 def random_growth(mask: torch.Tensor, n_grow: int, generator: torch.Generator) -> torch.Tensor:
     """SET: grow exactly n_grow uniformly random inactive positions.
 
-    The random scores come from a CPU generator so that every rank and device makes the same
-    choice for the same generator state.
+    The scores are drawn on the mask's device. `generator` is a CPU generator, the same on every rank;
+    for a mask elsewhere it seeds a generator there (one CPU draw), so every rank still makes the same
+    choice for the same generator state and no weight-sized tensor crosses to the device.
     """
-    score = torch.rand(mask.numel(), generator=generator).to(mask.device).view(mask.shape)
+    if mask.device != generator.device:
+        seed = int(torch.randint(2 ** 62, (), generator=generator, device=generator.device))
+        generator = torch.Generator(mask.device).manual_seed(seed)
+    score = torch.rand(mask.shape, generator=generator, device=mask.device)
     return _grow_highest(score, mask, n_grow)
 
 

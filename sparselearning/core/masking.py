@@ -19,6 +19,8 @@ Semantics, chosen on purpose (see the README's "Decisions"):
 - ``no_update_windows`` (steps, inclusive) switch the periodic updates off, e.g. for the end of every
   ticket phase (Schedule.update_free_windows), so a ticket is not saved with freshly grown weights
   still at zero. Default: none (the paper's code updates to the last step). Re-exploration is not affected.
+- ``fused_step`` (default on): for SGD/Adam/AdamW the mask goes inside the optimizer's own update where
+  torch's math allows it (fused_step.py), with values equal to the separate gradient pass's.
 - Every topology update (periodic or re-exploration) ends with the hooks of ``add_update_hook``,
   e.g. the distributed run's cross-rank mask check.
 """
@@ -33,6 +35,7 @@ import torch
 from torch import nn
 
 from . import death, density as density_lib, growth, redistribution
+from .fused_step import MaskedStep
 from .schedules import DEATH_SCHEDULES, death_rate as scheduled_death_rate
 
 # the modes by name (registries: a new mode is registered in its module, e.g. growth.GROWTH_RULES)
@@ -134,6 +137,7 @@ class MaskingConfig:
     threshold: float = 1e-3
     momentum_beta: float = 0.9
     seed: int = 0  # the same on every rank: every rank draws the same masks
+    fused_step: bool = True  # the mask inside the optimizer's update (--no-fused-step: a pass of its own)
 
     def kwargs(self) -> dict:
         return dataclasses.asdict(self)
@@ -158,7 +162,8 @@ class Masking:
                  no_update_windows: Sequence[tuple[int, int]] = (),
                  momentum_beta: float = 0.9, seed: int = 0, check_invariants: bool = True,
                  layer_types: tuple[type[nn.Module], ...] = DEFAULT_LAYER_TYPES,
-                 include: Sequence[str] | None = None, exclude: Sequence[str] = ()):
+                 include: Sequence[str] | None = None, exclude: Sequence[str] = (),
+                 fused_step: bool = True):
         _check_choice(death_mode, DEATH_MODES, "death mode")
         _check_choice(growth_mode, GROWTH_MODES, "growth mode")
         _check_choice(redistribution_mode, REDISTRIBUTION_MODES, "redistribution mode")
@@ -198,6 +203,9 @@ class Masking:
         self.steps = 0
         self.num_updates = 0
         self.update_hooks: list[Callable[["Masking", str], None]] = []
+        # the mask inside the optimizer's update (fused_step.py); equal values, one memory pass fewer
+        self.fused_step = MaskedStep(optimizer) if fused_step and isinstance(optimizer, ZERO_PRESERVING_OPTIMIZERS) \
+            else None
 
     # ------------------------------------------------------------------ setup
     def select_parameters(self, model: nn.Module) -> dict[str, nn.Parameter]:
@@ -328,11 +336,14 @@ class Masking:
             moms = [self.grad_momentum[n] for n in self.params]
             torch._foreach_mul_(moms, self.momentum_beta)
             torch._foreach_add_(moms, grads)
-        if not update_now:
-            # masked gradient -> inactive weights and optimizer state stay exactly zero (one pass)
-            live = [n for n in self.updatable if self.params[n].grad is not None]
-            zero_outside([self.params[n].grad for n in live], [self.masks[n] for n in live])
-        (optimizer_step or self.optimizer.step)()
+        live = [n for n in self.updatable if self.params[n].grad is not None]
+        if not update_now and optimizer_step is None and self.fused_step is not None:
+            self.fused_step.step({self.params[n]: self.masks[n] for n in live})
+        else:
+            if not update_now:
+                # masked gradient -> inactive weights and optimizer state stay exactly zero (one pass)
+                zero_outside([self.params[n].grad for n in live], [self.masks[n] for n in live])
+            (optimizer_step or self.optimizer.step)()
         if update_now:
             # the dense gradient is still in p.grad: use it for growth; everything not kept is zeroed after
             self.truncate_weights(self.current_death_rate())

@@ -223,12 +223,30 @@ class DeviceBatches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         non_blocking = self.device.type == "cuda"
+        side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         for batch in self.loader:
-            x, y = self._unpack(batch) if isinstance(batch, FolderBatch) else batch
+            if side is not None and isinstance(batch, FolderBatch) and isinstance(batch.images, list):
+                x, y = self._decode_aside(batch, side)
+            else:
+                x, y = self._unpack(batch) if isinstance(batch, FolderBatch) else batch
             if x is None:
                 continue
             x = normalize_uint8(x.to(self.device, non_blocking=non_blocking), self.mean, self.std)
             yield x, y.to(self.device, non_blocking=non_blocking)
+
+    def _decode_aside(self, batch: FolderBatch, side: "torch.cuda.Stream"):
+        """--decode gpu on CUDA: the batched nvJPEG decode and the crops on a side stream, while the training
+        step queued before keeps the GPU busy; then the host waits for that stream alone (nvJPEG output
+        buffers must not be read before its own work is done), and the training stream takes the batch.
+
+        The crops stay one call per image: each image has its own box and size before the resize, and a
+        batched crop (roi_align) would interpolate differently from the PIL path's antialiased resize."""
+        with torch.cuda.stream(side):
+            x, y = self._unpack(batch)
+        side.synchronize()
+        if x is not None:
+            x.record_stream(torch.cuda.current_stream(self.device))  # made on `side`, used on the training stream
+        return x, y
 
     def _unpack(self, batch: FolderBatch) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """uint8 images and labels of a batch that may hold file bytes or have left images out."""
