@@ -302,7 +302,10 @@ def test_killed_trainer_leaves_no_worker(image_root):
             f"it = iter(b.loader); next(it)\n"
             f"print(*[w.pid for w in it._workers], flush=True); time.sleep(120)")
     trainer = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
-    workers = [int(p) for p in trainer.stdout.readline().split()]
+    line = trainer.stdout.readline()
+    while line and not line.split()[0].isdigit():  # the scan's "<split>: N images in K classes" line comes first
+        line = trainer.stdout.readline()
+    workers = [int(p) for p in line.split()]
     assert len(workers) == 2 and all(_alive(p) for p in workers)
     trainer.kill()
     trainer.wait()
