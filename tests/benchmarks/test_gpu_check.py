@@ -133,20 +133,31 @@ def test_without_cuda_it_asks_for_dry_run_as_a_one_line_error(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_failing_section_is_reported_and_the_others_still_run(gc, tmp_path, monkeypatch):
-    def broken(cfg):
-        raise RuntimeError("boom")
+def _run_sections_fresh(tmp_path, patch: str, names: list[str], limits: str = "None") -> dict:
+    """run_sections in a fresh interpreter, after `patch` (code that replaces parts of the module `gc`).
 
-    def hangs(cfg):
-        import time
-        time.sleep(600)
+    Sections run in forked processes; a fork from this pytest process, whose OpenMP threads earlier tests used,
+    can deadlock in the child (libgomp is not fork-safe), so the parent must be a process that computed nothing:
+    as in the real driver."""
+    code = (f"import importlib.util, json, sys, torch\n"
+            f"spec = importlib.util.spec_from_file_location('gpu_check', {str(REPO / 'benchmarks' / 'gpu_check.py')!r})\n"
+            f"gc = importlib.util.module_from_spec(spec); sys.modules['gpu_check'] = gc; spec.loader.exec_module(gc)\n"
+            f"{patch}\n"
+            f"cfg = gc.Config.for_run(True, torch.device('cpu'), 0)\n"
+            f"from pathlib import Path\n"
+            f"report = gc.run_sections(cfg, {names!r}, Path({str(tmp_path)!r}), limits={limits})\n"
+            f"print('REPORT ' + json.dumps(report['sections']))\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout.split("REPORT ", 1)[1])
 
-    monkeypatch.setattr(gc, "section_ddp", broken)
-    monkeypatch.setattr(gc, "section_masks_identical", hangs)
-    cfg = gc.Config.for_run(True, torch.device("cpu"), 0)
-    report = gc.run_sections(cfg, ["ddp", "masks_identical", "fp16_overflow"], tmp_path,
-                             limits={"ddp": 1800, "masks_identical": 3, "fp16_overflow": 1800})
-    sections = report["sections"]
+
+def test_failing_section_is_reported_and_the_others_still_run(tmp_path):
+    patch = ("def broken(cfg):\n    raise RuntimeError('boom')\n"
+             "def hangs(cfg):\n    import time; time.sleep(600)\n"
+             "gc.section_ddp = broken; gc.section_masks_identical = hangs")
+    sections = _run_sections_fresh(tmp_path, patch, ["ddp", "masks_identical", "fp16_overflow"],
+                                   limits='{"ddp": 1800, "masks_identical": 3, "fp16_overflow": 1800}')
     assert sections["ddp"]["status"] == "error" and "boom" in sections["ddp"]["error"]
     assert sections["masks_identical"]["status"] == "timeout"
     assert sections["fp16_overflow"]["status"] == "ok"
@@ -154,18 +165,16 @@ def test_failing_section_is_reported_and_the_others_still_run(gc, tmp_path, monk
     assert on_disk["sections"]["ddp"]["status"] == "error"
 
 
-def test_fp16_section_fails_for_a_masking_that_updates_on_a_skipped_step(gc, tmp_path, monkeypatch):
+def test_fp16_section_fails_for_a_masking_that_updates_on_a_skipped_step(tmp_path):
     """The old call, masking.step(lambda: scaler.step(opt)): the scaler skips the step, but Masking counts it
     and runs its topology update: the section must say "fail"."""
-    class OldCallMasking(gc.Masking):
-        def step(self, optimizer_step=None, scaler=None):
-            if scaler is None:
-                return super().step(optimizer_step)
-            return super().step(lambda: scaler.step(self.optimizer))
-
-    monkeypatch.setattr(gc, "Masking", OldCallMasking)
-    cfg = gc.Config.for_run(True, torch.device("cpu"), 0)
-    result = gc.run_sections(cfg, ["fp16_overflow"], tmp_path)["sections"]["fp16_overflow"]
+    patch = ("class OldCallMasking(gc.Masking):\n"
+             "    def step(self, optimizer_step=None, scaler=None):\n"
+             "        if scaler is None:\n"
+             "            return super().step(optimizer_step)\n"
+             "        return super().step(lambda: scaler.step(self.optimizer))\n"
+             "gc.Masking = OldCallMasking")
+    result = _run_sections_fresh(tmp_path, patch, ["fp16_overflow"])["fp16_overflow"]
     assert result["status"] == "fail", result
     assert "topology_update_ran" in result["error"] and "steps_counted" in result["error"]
 
