@@ -435,6 +435,8 @@ def _script_child(script: str, argv: list[str], cwd: str, out: str, err: str) ->
         code = 1
     sys.stdout.flush()
     sys.stderr.flush()
+    # the exit code also goes to a file: under load the fork server's status pipe can read as lost (exitcode 255)
+    Path(f"{out[:-len('.out')]}.code").write_text(str(code))
     os._exit(code)
 
 
@@ -461,4 +463,7 @@ class ScriptForks:
             p.kill()
             p.join()
             raise subprocess.TimeoutExpired([str(script), *argv], timeout)
-        return subprocess.CompletedProcess([str(script), *argv], p.exitcode, out.read_text(), err.read_text())
+        code_file = Path(f"{streams}.code")
+        code = int(code_file.read_text()) if code_file.is_file() else p.exitcode
+        code_file.unlink(missing_ok=True)
+        return subprocess.CompletedProcess([str(script), *argv], code, out.read_text(), err.read_text())
