@@ -1,20 +1,16 @@
 """--help of every script: each flag has a help line that shows its default; --model lists the models."""
 import argparse
-import importlib.util
 
 import pytest
 
-from helpers import REPO
+from helpers import REPO, load_module
 from models import MODEL_NAMES
 from sparselearning.cli import build_parser
 from sparselearning.evaluation.cli import build_parser as eval_parser
 
 
 def imagenet_parser():
-    spec = importlib.util.spec_from_file_location("imagenet_main", REPO / "ImageNet" / "main.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.imagenet_flags()
+    return load_module(REPO / "ImageNet" / "main.py", "imagenet_main").imagenet_flags()
 
 
 PARSERS = {**{f"main_{s}.py": (lambda s=s: build_parser(s)) for s in ("individual", "DST", "EDST", "PF")},

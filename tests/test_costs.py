@@ -5,22 +5,16 @@ tested in test_evaluation_compare.py, against the same hand-counted 4,968,000 FL
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
 
 import pytest
 
-from helpers import REPO
+from helpers import load_benchmark
 from sparselearning.core.flops import FlopsProfile
 
 
 @pytest.fixture(scope="module")
 def flops_table():
-    spec = importlib.util.spec_from_file_location("bench_flops_table_costs", REPO / "benchmarks" / "flops_table.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("flops_table")
 
 
 def test_pf_ensemble_includes_each_members_pretraining(flops_table):

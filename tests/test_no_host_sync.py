@@ -9,14 +9,12 @@ into the step is seen once per step.
 """
 from __future__ import annotations
 
-import importlib.util
 import itertools
-import sys
 
 import pytest
 import torch
 
-from helpers import REPO
+from helpers import REPO, load_module
 from models import get_model
 from sparselearning.core.masking import Masking
 from sparselearning.data import make_loaders
@@ -25,11 +23,7 @@ from sparselearning.loop import train_one_epoch
 
 @pytest.fixture(scope="module")
 def counter_class():
-    spec = importlib.util.spec_from_file_location("sync_counter", REPO / "benchmarks" / "sync_counter.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module.HostSyncCounter
+    return load_module(REPO / "benchmarks" / "sync_counter.py", "sync_counter").HostSyncCounter
 
 
 def _epoch_syncs(counter_class, steps: int, insert=None) -> dict:

@@ -3,7 +3,6 @@ counter, per-section limits, the wrapper's logic, and the checks that need CUDA 
 a GPU). No wall-clock figure is asserted: the sections' figures are checked for what they say."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import stat
@@ -13,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from helpers import REPO, assert_one_line_error, run_script
+from helpers import REPO, assert_one_line_error, load_module, run_script
 from sparselearning.errors import UsageError
 
 
@@ -22,23 +21,14 @@ def on_cuda(test):
     return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")(test))
 
 
-def _load(name):
-    """A module of benchmarks/ (not a package) by file."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def gc():
-    return _load("gpu_check")
+    return load_module(REPO / "benchmarks" / "gpu_check.py", "gpu_check")
 
 
 @pytest.fixture(scope="module")
 def sc():
-    return _load("sync_counter")
+    return load_module(REPO / "benchmarks" / "sync_counter.py", "sync_counter")
 
 
 # ---------------------------------------------------------------------------------- the host-sync counter

@@ -8,6 +8,7 @@ import pytest
 from sparselearning.core.schedules import (PAPER_UPDATES, count_update_steps, edst_schedule, step_schedule,
                                            suggested_update_frequency, too_few_updates, updates_per_phase)
 from sparselearning.recipes import main
+from helpers import REPO, load_module
 
 
 def test_count_update_steps_by_hand():
@@ -73,12 +74,7 @@ def test_a_run_warns_of_no_updates_and_records_the_updates_per_epoch(fmnist_dir,
 
 
 def test_a_shortened_imagenet_run_says_which_reexplorations_are_left_out(capsys):
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("imagenet_main", Path(__file__).parents[2] / "ImageNet" / "main.py")
-    imain = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(imain)
+    imain = load_module(REPO / "ImageNet" / "main.py", "imagenet_main")
     # 2 epochs: the paper's re-explorations after 100, 170 and 240 of 310 scale to 1, 1 and 2: only one fits
     _, sched, _ = imain.parse(["/d", "--epochs", "2"])
     out = capsys.readouterr().out

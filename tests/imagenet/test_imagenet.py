@@ -8,7 +8,6 @@ multiproc.py, and a forced mask mismatch stopping the run.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import signal
@@ -22,7 +21,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import paper_imagenet_lr, timeless
+from helpers import load_module, paper_imagenet_lr, timeless
 from models import get_model
 from models.imagenet_resnet import imagenet_resnet
 from sparselearning import checkpoint as ckpt
@@ -35,16 +34,8 @@ MAIN = REPO / "ImageNet" / "main.py"
 CLASSES = ("n01440764", "n01443537", "n01484850")
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-imain = _load("imagenet_main", MAIN)
-multiproc = _load("imagenet_multiproc", REPO / "ImageNet" / "multiproc.py")
+imain = load_module(MAIN, "imagenet_main")
+multiproc = load_module(REPO / "ImageNet" / "multiproc.py", "imagenet_multiproc")
 
 
 def write_image_folder(root: Path, train_per_class: int = 16, val_per_class: int = 6, seed: int = 0) -> Path:
